@@ -1,0 +1,117 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/rlmrun/rlmrun/schema"
+)
+
+func validateCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "validate",
+		Usage:     "check specs without running them",
+		ArgsUsage: "SPEC...",
+		UsageText: `rlmrun validate SPEC...
+
+Prints "ok: FILE (N rollouts, backend B, repl L)" for each valid spec and every
+problem of each invalid one as FILE:LINE:COL: PATH: message. Exits 0 when all
+specs are valid, 2 otherwise.
+
+EXAMPLES:
+   rlmrun validate examples/hello-bash.yaml
+   rlmrun validate examples/*.yaml examples/*/*.yaml`,
+		Action: func(c *cli.Context) error {
+			if c.NArg() == 0 {
+				return withCode(exitUsage, fmt.Errorf("validate needs at least one SPEC file (see rlmrun validate --help)"))
+			}
+			loader, err := schema.NewLoader()
+			if err != nil {
+				return withCode(exitFailed, err)
+			}
+			bad := 0
+			for _, file := range c.Args().Slice() {
+				spec, err := loader.Load(file)
+				if err != nil {
+					bad++
+					fmt.Fprintln(c.App.ErrWriter, err.Error())
+					continue
+				}
+				fmt.Fprintf(c.App.Writer, "ok: %s (%d rollouts, backend %s, repl %s)\n",
+					file, len(spec.ExpandedRollouts()), backendName(spec), spec.REPL.Language)
+			}
+			if bad > 0 {
+				return withCode(exitUsage, fmt.Errorf("%d of %d spec(s) invalid", bad, c.NArg()))
+			}
+			return nil
+		},
+	}
+}
+
+func backendName(s *schema.Spec) string {
+	if s.Backend.Type == "sandbox" {
+		return "sandbox/" + s.Backend.Sandbox.Provider
+	}
+	return s.Backend.Type
+}
+
+func schemaCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "schema",
+		Usage: "print the JSON Schema (draft 2020-12) of the spec format",
+		UsageText: `rlmrun schema
+
+Editors validate and complete specs with it. For the YAML language server
+(VS Code, Neovim, ...), save it and name it on the first line of a spec:
+
+   # yaml-language-server: $schema=./rlmrun.schema.json
+
+EXAMPLE:
+   rlmrun schema > rlmrun.schema.json`,
+		Action: func(c *cli.Context) error {
+			_, err := c.App.Writer.Write(schema.JSON())
+			return err
+		},
+	}
+}
+
+// toolNames returns the root and sub tool lists as the REPL and the sub-LLMs
+// see them: llm_batch first, then shared, then role-only, de-duplicated.
+func toolNames(s *schema.Spec) (root, sub []string) {
+	seen := map[string]bool{schema.ReservedToolName: true}
+	root = []string{schema.ReservedToolName}
+	for _, t := range append(append([]schema.Tool{}, s.Tools...), s.RootTools...) {
+		if !seen[t.Name] {
+			seen[t.Name] = true
+			root = append(root, t.Name)
+		}
+	}
+	seen = map[string]bool{}
+	for _, t := range append(append([]schema.Tool{}, s.Tools...), s.SubTools...) {
+		if !seen[t.Name] {
+			seen[t.Name] = true
+			sub = append(sub, t.Name)
+		}
+	}
+	return root, sub
+}
+
+func printPlan(c *cli.Context, file string, s *schema.Spec) {
+	w := c.App.Writer
+	root, sub := toolNames(s)
+	fmt.Fprintf(w, "plan: %s (%s)\n", s.Name, file)
+	fmt.Fprintf(w, "  backend:    %s\n", backendName(s))
+	fmt.Fprintf(w, "  repl:       %s (max %d iterations, output %d chars, cell timeout %s)\n",
+		s.REPL.Language, s.REPL.MaxIterations, s.REPL.MaxOutputLength, s.REPL.CodeExecutionTimeout.Duration)
+	fmt.Fprintf(w, "  root tools: %s\n", strings.Join(root, ", "))
+	if len(sub) > 0 {
+		fmt.Fprintf(w, "  sub tools:  %s\n", strings.Join(sub, ", "))
+	}
+	insts := s.ExpandedRollouts()
+	fmt.Fprintf(w, "  rollouts:   %d\n", len(insts))
+	for _, in := range insts {
+		fmt.Fprintf(w, "    %-24s %d turn(s)\n", in.ID, len(in.Rollout.Turns))
+	}
+}

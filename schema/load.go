@@ -1,0 +1,585 @@
+package schema
+
+import (
+	"bytes"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/santhosh-tekuri/jsonschema/v5"
+	"gopkg.in/yaml.v3"
+)
+
+//go:embed spec.schema.json
+var schemaJSON []byte
+
+// JSON returns the JSON Schema (draft 2020-12) of spec format v1.
+func JSON() []byte { return append([]byte(nil), schemaJSON...) }
+
+// SchemaID is the $id of the embedded schema.
+const SchemaID = "https://rlmrun.dev/schema/v1/spec.schema.json"
+
+// Loader validates and loads specs. It holds the compiled schema, so reuse it
+// when loading many files.
+type Loader struct {
+	compiled *jsonschema.Schema
+	raw      map[string]any
+}
+
+// NewLoader compiles the embedded schema.
+func NewLoader() (*Loader, error) {
+	c := jsonschema.NewCompiler()
+	c.Draft = jsonschema.Draft2020
+	if err := c.AddResource(SchemaID, bytes.NewReader(schemaJSON)); err != nil {
+		return nil, fmt.Errorf("load embedded schema: %w", err)
+	}
+	compiled, err := c.Compile(SchemaID)
+	if err != nil {
+		return nil, fmt.Errorf("compile embedded schema: %w", err)
+	}
+	var raw map[string]any
+	if err := json.Unmarshal(schemaJSON, &raw); err != nil {
+		return nil, fmt.Errorf("parse embedded schema: %w", err)
+	}
+	return &Loader{compiled: compiled, raw: raw}, nil
+}
+
+// Load reads, validates and loads the spec in file with a fresh Loader.
+func Load(file string) (*Spec, error) {
+	l, err := NewLoader()
+	if err != nil {
+		return nil, err
+	}
+	return l.Load(file)
+}
+
+// Load reads the spec in file. On failure the error lists every problem found,
+// one per line as FILE:LINE:COL: PATH: message; use Problems to get them.
+func (l *Loader) Load(file string) (*Spec, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		msg := err.Error()
+		var perr *fs.PathError
+		if errors.As(err, &perr) {
+			msg = perr.Err.Error()
+		}
+		if errors.Is(err, fs.ErrNotExist) {
+			msg = "no such file"
+		}
+		return nil, joinProblems(file, []Problem{{Pos: Pos{1, 1}, Message: "cannot read spec: " + msg}})
+	}
+	dir, err := filepath.Abs(filepath.Dir(file))
+	if err != nil {
+		return nil, fmt.Errorf("resolve folder of %s: %w", file, err)
+	}
+	return l.LoadBytes(file, dir, data)
+}
+
+// LoadBytes loads a spec from data; file names it in messages and dir is the
+// folder relative paths start from.
+func (l *Loader) LoadBytes(file, dir string, data []byte) (*Spec, error) {
+	doc, probs := parseYAML(data)
+	if len(probs) > 0 {
+		return nil, joinProblems(file, probs)
+	}
+	if doc.Kind != yaml.DocumentNode || len(doc.Content) == 0 {
+		return nil, joinProblems(file, []Problem{{Pos: Pos{1, 1}, Message: "the file is empty; a spec needs at least version, name and rollouts"}})
+	}
+	top := doc.Content[0]
+	if top.Kind != yaml.MappingNode {
+		return nil, joinProblems(file, []Problem{{Pos: posOf(top), Message: fmt.Sprintf("a spec must be a mapping (key: value), not %s", describeNodeKind(top))}})
+	}
+	b := &treeBuilder{ix: &positionIx{byPointer: map[string]*nodeInfo{}, byDisplay: map[string]Pos{}}, bad: map[string]bool{}}
+	tree, _ := b.build(top, "", "", Pos{})
+	probs = append(probs, b.errs...)
+	root, _ := tree.(map[string]any)
+
+	// Values the builder rejected are nil in the tree; schema errors on them would
+	// only repeat what was said, so drop errors at those pointers.
+	v := &schemaValidator{raw: l.raw, ix: b.ix, root: root, bad: map[string]bool{}}
+	for ptr := range b.bad {
+		v.bad[ptr] = true
+	}
+	if err := l.compiled.Validate(tree); err != nil {
+		var verr *jsonschema.ValidationError
+		if !errors.As(err, &verr) {
+			return nil, fmt.Errorf("validate %s: %w", file, err)
+		}
+		for _, p := range v.problems(verr) {
+			if !b.bad[p.ptr] {
+				probs = append(probs, p)
+			}
+		}
+	}
+	for ptr := range v.bad {
+		setPointer(root, ptr, nil)
+	}
+	applyDefaults(l.raw, l.raw, root)
+
+	spec := &Spec{File: file, Dir: dir, positions: b.ix}
+	raw, err := json.Marshal(root)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s: %w", file, err)
+	}
+	if err := json.Unmarshal(raw, spec); err != nil {
+		// The schema admits only what the Go types accept; reaching here is a bug
+		// in the schema, but the user still gets a located message.
+		probs = append(probs, Problem{Pos: Pos{1, 1}, Message: "internal error decoding spec: " + err.Error()})
+		return nil, joinProblems(file, probs)
+	}
+	spec.File, spec.Dir, spec.positions = file, dir, b.ix
+	finishDecode(spec, root, b.ix)
+
+	sc := &semanticChecker{spec: spec, ix: b.ix, skip: v.bad}
+	probs = append(probs, sc.check()...)
+	if len(probs) > 0 {
+		return nil, joinProblems(file, probs)
+	}
+	return spec, nil
+}
+
+// finishDecode fills what JSON decoding cannot know: key order, presence and
+// the field paths of list items.
+func finishDecode(s *Spec, root map[string]any, ix *positionIx) {
+	lists := []struct {
+		ptr   string
+		tools []Tool
+	}{{"/tools", s.Tools}, {"/root_tools", s.RootTools}, {"/sub_tools", s.SubTools}}
+	for _, l := range lists {
+		for i := range l.tools {
+			if info := ix.byPointer[fmt.Sprintf("%s/%d/parameters/properties", l.ptr, i)]; info != nil {
+				l.tools[i].ParamNames = append([]string(nil), info.Keys...)
+			}
+		}
+	}
+	if fsys, ok := root["filesystem"].(map[string]any); ok {
+		_, s.Filesystem.HasContext = fsys["context"]
+	}
+	for i := range s.Filesystem.Mutations {
+		s.Filesystem.Mutations[i].Path = fmt.Sprintf("filesystem.mutations[%d]", i)
+	}
+	for i := range s.SubLLM.Replies {
+		s.SubLLM.Replies[i].Path = fmt.Sprintf("sub_llm.replies[%d]", i)
+	}
+	for i := range s.Rollouts {
+		r := &s.Rollouts[i]
+		r.Index = i
+		for j := range r.Mutations {
+			r.Mutations[j].Path = fmt.Sprintf("rollouts[%d].mutations[%d]", i, j)
+		}
+		for j := range r.SubLLMReplies {
+			r.SubLLMReplies[j].Path = fmt.Sprintf("rollouts[%d].sub_llm_replies[%d]", i, j)
+		}
+	}
+}
+
+// schemaValidator turns JSON Schema errors into located, readable problems.
+type schemaValidator struct {
+	raw  map[string]any
+	ix   *positionIx
+	root map[string]any
+	bad  map[string]bool // pointers whose values are unusable
+}
+
+func (v *schemaValidator) problems(e *jsonschema.ValidationError) []Problem {
+	var out []Problem
+	var walk func(*jsonschema.ValidationError)
+	walk = func(e *jsonschema.ValidationError) {
+		if len(e.Causes) > 0 {
+			for _, c := range e.Causes {
+				walk(c)
+			}
+			return
+		}
+		out = append(out, v.leaf(e)...)
+	}
+	walk(e)
+	return out
+}
+
+func (v *schemaValidator) info(ptr string) *nodeInfo {
+	if i := v.ix.byPointer[ptr]; i != nil {
+		return i
+	}
+	return &nodeInfo{Pos: Pos{1, 1}}
+}
+
+func (v *schemaValidator) leaf(e *jsonschema.ValidationError) []Problem {
+	kw := e.KeywordLocation[strings.LastIndex(e.KeywordLocation, "/")+1:]
+	node := v.schemaNode(e.AbsoluteKeywordLocation)
+	ptr := e.InstanceLocation
+	info := v.info(ptr)
+	val := getPointer(v.root, ptr)
+	hint, _ := node["x-hint"].(string)
+	at := func(msg string) []Problem {
+		return []Problem{{Pos: info.Pos, Path: info.Display, Message: msg, ptr: ptr}}
+	}
+	if strings.Contains(e.KeywordLocation, "/propertyNames/") {
+		name := ptr[strings.LastIndex(ptr, "/")+1:]
+		return []Problem{{Pos: info.KeyPos, Path: info.Display, ptr: ptr,
+			Message: fmt.Sprintf("name %q must be an identifier (letters, digits and '_', not starting with a digit)", name)}}
+	}
+	switch kw {
+	case "required":
+		req, _ := node["required"].([]any)
+		obj, _ := val.(map[string]any)
+		var out []Problem
+		for _, r := range req {
+			name, _ := r.(string)
+			if _, ok := obj[name]; !ok {
+				out = append(out, Problem{Pos: info.Pos, Path: displayPath(info.Display, name, -1), Message: "missing required key", ptr: ptr})
+			}
+		}
+		return out
+	case "additionalProperties":
+		props, _ := node["properties"].(map[string]any)
+		known := make([]string, 0, len(props))
+		for k := range props {
+			known = append(known, k)
+		}
+		sort.Strings(known)
+		obj, _ := val.(map[string]any)
+		var out []Problem
+		for _, key := range info.Keys {
+			if _, ok := props[key]; ok {
+				continue
+			}
+			if _, ok := obj[key]; !ok {
+				continue
+			}
+			kinfo := v.info(ptr + "/" + escapePointer(key))
+			msg := fmt.Sprintf("unknown key %q", key)
+			if s := suggest(key, known); s != "" {
+				msg += fmt.Sprintf(" (did you mean %q?)", s)
+			} else if len(known) > 0 {
+				msg += " (known keys: " + strings.Join(known, ", ") + ")"
+			}
+			out = append(out, Problem{Pos: kinfo.KeyPos, Path: kinfo.Display, Message: msg, ptr: ptr})
+			v.bad[ptr+"/"+escapePointer(key)] = true
+		}
+		return out
+	case "type":
+		v.bad[ptr] = true
+		// A hint describes multi-type values (durations) better than a type list.
+		want := typeWords(node["type"])
+		if hint != "" {
+			if _, multi := node["type"].([]any); multi {
+				want = hint
+			} else {
+				want += " (" + hint + ")"
+			}
+		}
+		msg := fmt.Sprintf("expected %s, got %s", want, describeValue(val))
+		switch val.(type) {
+		case int64, float64, bool:
+			if node["type"] == "string" && hint == "" {
+				msg += fmt.Sprintf("; quote it to make it text: \"%v\"", val)
+			}
+		}
+		return at(msg)
+	case "enum":
+		v.bad[ptr] = true
+		opts, _ := node["enum"].([]any)
+		words := make([]string, len(opts))
+		for i, o := range opts {
+			words[i] = fmt.Sprint(o)
+		}
+		msg := fmt.Sprintf("must be one of %s, got %s", strings.Join(words, ", "), describeValue(val))
+		if s, ok := val.(string); ok {
+			if sug := suggest(s, words); sug != "" {
+				msg += fmt.Sprintf(" (did you mean %q?)", sug)
+			}
+		}
+		return at(msg)
+	case "const":
+		v.bad[ptr] = true
+		if _, isStr := val.(string); isStr {
+			return at(fmt.Sprintf("must be the number %v (unquoted), got %s", node["const"], describeValue(val)))
+		}
+		if info.Display == "version" {
+			return at(fmt.Sprintf("unsupported spec version %v; this rlmrun reads version 1", val))
+		}
+		return at(fmt.Sprintf("must be %v, got %s", node["const"], describeValue(val)))
+	case "pattern":
+		v.bad[ptr] = true
+		if hint != "" {
+			return at(fmt.Sprintf("must be %s, got %s", hint, describeValue(val)))
+		}
+		return at(fmt.Sprintf("%s does not match pattern %v", describeValue(val), node["pattern"]))
+	case "minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum":
+		v.bad[ptr] = true
+		op := map[string]string{"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[kw]
+		return at(fmt.Sprintf("must be %s %v, got %s", op, node[kw], describeValue(val)))
+	case "minLength":
+		v.bad[ptr] = true
+		return at("must not be empty")
+	case "minItems":
+		return at(fmt.Sprintf("needs at least %v item(s)", node["minItems"]))
+	case "minProperties", "maxProperties":
+		v.bad[ptr] = true
+		return at(propsHint(node))
+	}
+	return at(e.Message)
+}
+
+func propsHint(node map[string]any) string {
+	props, _ := node["properties"].(map[string]any)
+	names := make([]string, 0, len(props))
+	for k := range props {
+		if k != "path" {
+			names = append(names, k)
+		}
+	}
+	sort.Strings(names)
+	list := strings.Join(names, ", ")
+	minP, _ := node["minProperties"].(float64)
+	maxP, hasMax := node["maxProperties"].(float64)
+	_, hasPath := props["path"]
+	switch {
+	case hasPath && hasMax:
+		return "needs path and exactly one of: " + list
+	case hasMax && minP == maxP:
+		return "needs exactly one of: " + list
+	default:
+		return "needs at least one of: " + list
+	}
+}
+
+// schemaNode resolves an absolute keyword location to the schema object that
+// holds the keyword.
+func (v *schemaValidator) schemaNode(absLoc string) map[string]any {
+	frag := absLoc
+	if i := strings.Index(absLoc, "#"); i >= 0 {
+		frag = absLoc[i+1:]
+	}
+	if j := strings.LastIndex(frag, "/"); j >= 0 {
+		frag = frag[:j]
+	}
+	n, _ := getPointer(v.raw, frag).(map[string]any)
+	if n == nil {
+		return map[string]any{}
+	}
+	return n
+}
+
+func splitPointer(ptr string) []string {
+	if ptr == "" {
+		return nil
+	}
+	parts := strings.Split(strings.TrimPrefix(ptr, "/"), "/")
+	for i, p := range parts {
+		parts[i] = strings.ReplaceAll(strings.ReplaceAll(p, "~1", "/"), "~0", "~")
+	}
+	return parts
+}
+
+func getPointer(root any, ptr string) any {
+	cur := root
+	for _, p := range splitPointer(ptr) {
+		switch c := cur.(type) {
+		case map[string]any:
+			cur = c[p]
+		case []any:
+			i, err := strconv.Atoi(p)
+			if err != nil || i < 0 || i >= len(c) {
+				return nil
+			}
+			cur = c[i]
+		default:
+			return nil
+		}
+	}
+	return cur
+}
+
+func setPointer(root any, ptr string, val any) {
+	parts := splitPointer(ptr)
+	if len(parts) == 0 {
+		return
+	}
+	parent := getPointer(root, "/"+strings.Join(escapeAll(parts[:len(parts)-1]), "/"))
+	if len(parts) == 1 {
+		parent = root
+	}
+	last := parts[len(parts)-1]
+	switch c := parent.(type) {
+	case map[string]any:
+		if val == nil {
+			delete(c, last)
+		} else {
+			c[last] = val
+		}
+	case []any:
+		if i, err := strconv.Atoi(last); err == nil && i >= 0 && i < len(c) {
+			c[i] = val
+		}
+	}
+}
+
+func escapeAll(parts []string) []string {
+	out := make([]string, len(parts))
+	for i, p := range parts {
+		out[i] = escapePointer(p)
+	}
+	return out
+}
+
+// applyDefaults fills absent keys from the schema's `default` annotations, so
+// the schema an editor shows and the values rlmrun uses cannot drift apart.
+func applyDefaults(root, node map[string]any, inst any) {
+	node = resolveRef(root, node)
+	switch x := inst.(type) {
+	case map[string]any:
+		props, _ := node["properties"].(map[string]any)
+		for name, ps := range props {
+			psm, _ := ps.(map[string]any)
+			if psm == nil {
+				continue
+			}
+			resolved := resolveRef(root, psm)
+			if _, ok := x[name]; !ok {
+				if d, ok := psm["default"]; ok {
+					x[name] = cloneJSON(d)
+				} else if d, ok := resolved["default"]; ok {
+					x[name] = cloneJSON(d)
+				} else if _, choice := resolved["required"]; !choice && hasDefaults(root, resolved, 0) {
+					// A settings section left out entirely still gets its defaults;
+					// objects with required keys are never invented.
+					x[name] = map[string]any{}
+				} else {
+					continue
+				}
+			}
+			applyDefaults(root, resolved, x[name])
+		}
+	case []any:
+		items, _ := node["items"].(map[string]any)
+		if items == nil {
+			return
+		}
+		for _, el := range x {
+			applyDefaults(root, items, el)
+		}
+	}
+}
+
+// hasDefaults reports whether an object schema sets a default anywhere below it.
+func hasDefaults(root, node map[string]any, depth int) bool {
+	if depth > 8 || node["type"] != "object" {
+		return false
+	}
+	props, _ := node["properties"].(map[string]any)
+	for _, ps := range props {
+		psm, _ := ps.(map[string]any)
+		if psm == nil {
+			continue
+		}
+		if _, ok := psm["default"]; ok {
+			return true
+		}
+		r := resolveRef(root, psm)
+		if _, ok := r["default"]; ok {
+			return true
+		}
+		if hasDefaults(root, r, depth+1) {
+			return true
+		}
+	}
+	return false
+}
+
+func resolveRef(root, node map[string]any) map[string]any {
+	for i := 0; i < 10; i++ {
+		ref, ok := node["$ref"].(string)
+		if !ok || !strings.HasPrefix(ref, "#") {
+			return node
+		}
+		next, _ := getPointer(root, ref[1:]).(map[string]any)
+		if next == nil {
+			return node
+		}
+		node = next
+	}
+	return node
+}
+
+func cloneJSON(v any) any {
+	b, _ := json.Marshal(v)
+	var out any
+	_ = json.Unmarshal(b, &out)
+	return out
+}
+
+func typeWords(t any) string {
+	switch x := t.(type) {
+	case string:
+		return article(x)
+	case []any:
+		words := make([]string, len(x))
+		for i, w := range x {
+			words[i] = article(fmt.Sprint(w))
+		}
+		return strings.Join(words, " or ")
+	}
+	return "another type"
+}
+
+func article(t string) string {
+	switch t {
+	case "object":
+		return "a mapping"
+	case "array":
+		return "a list"
+	case "integer":
+		return "an integer"
+	case "null":
+		return "null"
+	}
+	return "a " + t
+}
+
+func describeValue(v any) string {
+	switch x := v.(type) {
+	case nil:
+		return "null"
+	case string:
+		s := x
+		if len(s) > 60 {
+			s = s[:57] + "..."
+		}
+		return "string " + strconv.Quote(s)
+	case bool:
+		return fmt.Sprintf("boolean %v", x)
+	case int64:
+		return fmt.Sprintf("integer %d", x)
+	case float64:
+		return "number " + strconv.FormatFloat(x, 'g', -1, 64)
+	case []any:
+		return "a list"
+	case map[string]any:
+		return "a mapping"
+	}
+	return fmt.Sprintf("%v", v)
+}
+
+func describeNodeKind(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.ScalarNode:
+		if n.ShortTag() == "!!null" {
+			return "null"
+		}
+		return fmt.Sprintf("the value %q", n.Value)
+	case yaml.AliasNode:
+		return "an alias"
+	}
+	return "this"
+}

@@ -1,0 +1,707 @@
+package schema
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"text/template"
+
+	"github.com/santhosh-tekuri/jsonschema/v5"
+)
+
+// ReservedToolName is the fixed root tool every REPL has.
+const ReservedToolName = "llm_batch"
+
+// semanticChecker finds what the JSON Schema cannot: cross-references,
+// uniqueness, files on disk, regexes and templates.
+type semanticChecker struct {
+	spec  *Spec
+	ix    *positionIx
+	skip  map[string]bool // pointers whose values were already reported
+	probs []Problem
+}
+
+func (c *semanticChecker) at(path, format string, args ...any) {
+	pos := Pos{1, 1}
+	if p, ok := c.ix.byDisplay[path]; ok {
+		pos = p
+	} else {
+		// A missing key: point at the closest parent that exists.
+		for parent := path; parent != ""; {
+			i := strings.LastIndexAny(parent, ".[")
+			if i < 0 {
+				break
+			}
+			parent = parent[:i]
+			if p, ok := c.ix.byDisplay[parent]; ok {
+				pos = p
+				break
+			}
+		}
+	}
+	c.probs = append(c.probs, Problem{Pos: pos, Path: path, Message: fmt.Sprintf(format, args...)})
+}
+
+// keyAt reports at a key's position (for keys that must not be there).
+func (c *semanticChecker) keyAt(ptr, format string, args ...any) {
+	info := c.ix.byPointer[ptr]
+	if info == nil {
+		return
+	}
+	c.probs = append(c.probs, Problem{Pos: info.KeyPos, Path: info.Display, Message: fmt.Sprintf(format, args...)})
+}
+
+func (c *semanticChecker) present(ptr string) bool {
+	_, ok := c.ix.byPointer[ptr]
+	return ok && !c.skip[ptr]
+}
+
+func (c *semanticChecker) check() []Problem {
+	c.checkBackend()
+	c.checkTools()
+	c.checkDurations()
+	c.checkFilesystem()
+	c.checkRewards()
+	c.checkRollouts()
+	return c.probs
+}
+
+func (c *semanticChecker) checkBackend() {
+	b := c.spec.Backend
+	if b.InterceptionURL != "" {
+		u, err := url.Parse(b.InterceptionURL)
+		switch {
+		case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
+			c.at("backend.interception_url", "must be an http(s) URL with a host, got %q", b.InterceptionURL)
+		case b.Type != "sandbox":
+			c.at("backend.interception_url", "only the sandbox backend uses interception_url (backend.type is %q)", b.Type)
+		case b.Sandbox.Network != "host":
+			c.at("backend.interception_url", "the sandbox has no network (backend.sandbox.network: none), so it cannot reach %s; set network: host or drop interception_url to use the tunnel", b.InterceptionURL)
+		}
+	}
+	if b.Sandbox.Provider != "docker" {
+		for _, key := range []string{"image", "pull"} {
+			ptr := "/backend/sandbox/" + key
+			if c.present(ptr) {
+				c.keyAt(ptr, "%s is a docker setting, but backend.sandbox.provider is %q", key, b.Sandbox.Provider)
+			}
+		}
+	}
+}
+
+type toolDef struct {
+	tool Tool
+	path string // e.g. root_tools[1]
+}
+
+func (c *semanticChecker) checkTools() {
+	s := c.spec
+	lists := []struct {
+		key   string
+		tools []Tool
+	}{{"tools", s.Tools}, {"root_tools", s.RootTools}, {"sub_tools", s.SubTools}}
+	defs := map[string][]toolDef{}
+	for _, l := range lists {
+		for i, t := range l.tools {
+			p := fmt.Sprintf("%s[%d]", l.key, i)
+			if t.Name == "" {
+				continue
+			}
+			if t.Name == ReservedToolName {
+				c.at(p+".name", "%s is reserved: every REPL has it built in", ReservedToolName)
+				continue
+			}
+			defs[l.key] = append(defs[l.key], toolDef{t, p})
+			c.checkToolDef(t, p)
+		}
+	}
+	// Root list = shared then root-only; sub list = shared then sub-only. In each,
+	// an identical repeat is merged and a different tool with the same name is an error.
+	c.dedupe(append(append([]toolDef{}, defs["tools"]...), defs["root_tools"]...), "the root tool list")
+	c.dedupe(append(append([]toolDef{}, defs["tools"]...), defs["sub_tools"]...), "the sub tool list")
+}
+
+func (c *semanticChecker) dedupe(list []toolDef, where string) {
+	seen := map[string]toolDef{}
+	for _, d := range list {
+		prev, ok := seen[d.tool.Name]
+		if !ok {
+			seen[d.tool.Name] = d
+			continue
+		}
+		if prev.path == d.path || toolKey(prev.tool) == toolKey(d.tool) {
+			continue
+		}
+		c.at(d.path+".name", "tool %q is defined differently at %s (%s): in %s one name must mean one tool", d.tool.Name, prev.path, c.spec.Where(prev.path), where)
+	}
+}
+
+func toolKey(t Tool) string {
+	var params any
+	_ = json.Unmarshal(t.Parameters, &params)
+	b, _ := json.Marshal([]any{t.Description, params, t.Run, t.Timeout.Duration})
+	return string(b)
+}
+
+func (c *semanticChecker) checkToolDef(t Tool, p string) {
+	if len(t.Parameters) > 0 && string(t.Parameters) != "null" {
+		var params map[string]any
+		if err := json.Unmarshal(t.Parameters, &params); err == nil {
+			if typ, ok := params["type"]; ok && typ != "object" {
+				c.at(p+".parameters.type", "parameters must describe an object (type: object), got %v", typ)
+			}
+			if props, ok := params["properties"]; ok {
+				if _, isMap := props.(map[string]any); !isMap {
+					c.at(p+".parameters.properties", "must be a mapping of parameter name to JSON Schema")
+				}
+			}
+			comp := jsonschema.NewCompiler()
+			comp.Draft = jsonschema.Draft2020
+			if err := comp.AddResource("tool.json", bytes.NewReader(t.Parameters)); err == nil {
+				if _, err := comp.Compile("tool.json"); err != nil {
+					c.at(p+".parameters", "not a valid JSON Schema: %v", strings.TrimPrefix(err.Error(), "jsonschema tool.json compilation failed: "))
+				}
+			}
+		}
+	}
+	c.checkCommand(t.Run, p+".run")
+}
+
+// checkCommand requires relative programs (with a slash) to exist under the spec folder.
+func (c *semanticChecker) checkCommand(cmd Command, p string) {
+	if len(cmd.Argv) == 0 {
+		return
+	}
+	prog := cmd.Argv[0]
+	if prog == "" {
+		c.at(p+"[0]", "the program name is empty")
+		return
+	}
+	if filepath.IsAbs(prog) || !strings.Contains(prog, "/") {
+		return
+	}
+	full := filepath.Join(c.spec.Dir, prog)
+	st, err := os.Stat(full)
+	switch {
+	case err != nil:
+		c.at(p+"[0]", "program %q not found (looked in %q)", prog, full)
+	case st.IsDir():
+		c.at(p+"[0]", "program %q is a directory", prog)
+	case st.Mode()&0o111 == 0:
+		c.at(p+"[0]", "program %q is not executable (chmod +x it, or run it through an interpreter)", prog)
+	}
+}
+
+func (c *semanticChecker) checkDurations() {
+	s := c.spec
+	check := func(d Duration, ptr, path string) {
+		if d.Duration <= 0 && c.present(ptr) {
+			c.at(path, "must be a positive duration")
+		}
+	}
+	check(s.REPL.CodeExecutionTimeout, "/repl/code_execution_timeout", "repl.code_execution_timeout")
+	check(s.REPL.StartupTimeout, "/repl/startup_timeout", "repl.startup_timeout")
+	check(s.Backend.Sandbox.Lifetime, "/backend/sandbox/lifetime", "backend.sandbox.lifetime")
+	for _, l := range []struct {
+		key   string
+		tools []Tool
+	}{{"tools", s.Tools}, {"root_tools", s.RootTools}, {"sub_tools", s.SubTools}} {
+		for i, t := range l.tools {
+			check(t.Timeout, fmt.Sprintf("/%s/%d/timeout", l.key, i), fmt.Sprintf("%s[%d].timeout", l.key, i))
+		}
+	}
+	for i, r := range s.Rewards {
+		check(r.Timeout, fmt.Sprintf("/rewards/%d/timeout", i), fmt.Sprintf("rewards[%d].timeout", i))
+	}
+}
+
+func (c *semanticChecker) checkFilesystem() {
+	f := c.spec.Filesystem
+	if f.ContextDir != "" {
+		if f.HasContext {
+			c.at("filesystem.context", "give context_dir or context, not both")
+		}
+		full := filepath.Join(c.spec.Dir, f.ContextDir)
+		if filepath.IsAbs(f.ContextDir) {
+			full = f.ContextDir
+		}
+		st, err := os.Lstat(full)
+		switch {
+		case err != nil:
+			c.at("filesystem.context_dir", "directory %q not found (looked in %q)", f.ContextDir, full)
+		case st.Mode()&os.ModeSymlink != 0:
+			c.at("filesystem.context_dir", "%q is a symlink; context_dir must be a real directory", f.ContextDir)
+		case !st.IsDir():
+			c.at("filesystem.context_dir", "%q is not a directory", f.ContextDir)
+		}
+	}
+}
+
+// checkRewards checks what does not depend on a rollout; templates are checked per rollout.
+func (c *semanticChecker) checkRewards() {
+	seen := map[string]string{}
+	for i, r := range c.spec.Rewards {
+		p := fmt.Sprintf("rewards[%d]", i)
+		if r.Name != "" {
+			if prev, ok := seen[r.Name]; ok {
+				c.at(p+".name", "duplicate reward name %q (first at %s)", r.Name, c.spec.Where(prev+".name"))
+			}
+			seen[r.Name] = p
+		}
+		// Count the keys as written: a kind whose value was rejected still counts.
+		n := 0
+		for _, kind := range []string{"answer", "files", "run"} {
+			if _, ok := c.ix.byPointer[fmt.Sprintf("/rewards/%d/%s", i, kind)]; ok {
+				n++
+			}
+		}
+		if n != 1 && !c.skip[fmt.Sprintf("/rewards/%d", i)] {
+			c.at(p, "a reward needs exactly one of answer, files, run (found %d)", n)
+		}
+		if r.Run != nil {
+			c.checkCommand(*r.Run, p+".run")
+		}
+		if r.Files != nil && r.Files.Count != nil && r.Files.Glob == "" {
+			c.at(p+".files.count", "count needs a glob to count")
+		}
+	}
+}
+
+// stringField is a template string at a field path.
+type stringField struct {
+	path string
+	text string
+}
+
+func mutationStrings(ms []Mutation, prefix string) (paths, texts []stringField) {
+	for i, m := range ms {
+		p := fmt.Sprintf("%s[%d]", prefix, i)
+		switch {
+		case m.Write != nil:
+			paths = append(paths, stringField{p + ".write.path", m.Write.Path})
+			texts = append(texts, stringField{p + ".write.content", m.Write.Content})
+		case m.Mkdir != nil:
+			paths = append(paths, stringField{p + ".mkdir.path", m.Mkdir.Path})
+		case m.Copy != nil:
+			paths = append(paths, stringField{p + ".copy.to", m.Copy.To})
+			texts = append(texts, stringField{p + ".copy.from", m.Copy.From})
+		case m.Remove != nil:
+			paths = append(paths, stringField{p + ".remove.path", m.Remove.Path})
+		case m.Chmod != nil:
+			paths = append(paths, stringField{p + ".chmod.path", m.Chmod.Path})
+		}
+	}
+	return paths, texts
+}
+
+func (c *semanticChecker) rewardStrings() (paths, texts, regexes []stringField) {
+	for i, r := range c.spec.Rewards {
+		p := fmt.Sprintf("rewards[%d]", i)
+		if r.Answer != nil {
+			texts, regexes = addCheck(texts, regexes, p+".answer", *r.Answer)
+		}
+		if f := r.Files; f != nil {
+			if f.Glob != "" {
+				paths = append(paths, stringField{p + ".files.glob", f.Glob})
+			}
+			for j, e := range f.Exists {
+				paths = append(paths, stringField{fmt.Sprintf("%s.files.exists[%d]", p, j), e})
+			}
+			for j, e := range f.Absent {
+				paths = append(paths, stringField{fmt.Sprintf("%s.files.absent[%d]", p, j), e})
+			}
+			if f.Content != nil {
+				paths = append(paths, stringField{p + ".files.content.path", f.Content.Path})
+				texts, regexes = addCheck(texts, regexes, p+".files.content", f.Content.AnswerCheck)
+			}
+		}
+		if r.Run != nil {
+			for j, a := range r.Run.Argv {
+				texts = append(texts, stringField{fmt.Sprintf("%s.run[%d]", p, j), a})
+			}
+			if r.Run.Shell != "" {
+				texts = append(texts, stringField{p + ".run", r.Run.Shell})
+			}
+		}
+	}
+	return paths, texts, regexes
+}
+
+func addCheck(texts, regexes []stringField, p string, a AnswerCheck) ([]stringField, []stringField) {
+	if a.Equals != nil {
+		texts = append(texts, stringField{p + ".equals", *a.Equals})
+	}
+	if a.Contains != nil {
+		texts = append(texts, stringField{p + ".contains", *a.Contains})
+	}
+	if a.Matches != nil {
+		regexes = append(regexes, stringField{p + ".matches", *a.Matches})
+	}
+	return texts, regexes
+}
+
+func (c *semanticChecker) checkRollouts() {
+	s := c.spec
+	topPaths, topTexts := mutationStrings(s.Filesystem.Mutations, "filesystem.mutations")
+	rPaths, rTexts, rRegexes := c.rewardStrings()
+	topPaths = append(topPaths, rPaths...)
+	topTexts = append(topTexts, rTexts...)
+	c.checkCopySources(s.Filesystem.Mutations, "filesystem.mutations", nil)
+	c.checkModes(s.Filesystem.Mutations, "filesystem.mutations")
+
+	// Strings shared by all rollouts are parsed once; their var references are
+	// then checked against every rollout.
+	type shared struct {
+		f       stringField
+		kind    string // path | text | regex
+		tmpl    *template.Template
+		vars    []string
+		broken  bool
+		perRoll bool // depends on the rollout (uses a template)
+	}
+	var sharedFields []*shared
+	for _, group := range []struct {
+		kind   string
+		fields []stringField
+	}{{"path", topPaths}, {"text", topTexts}, {"regex", rRegexes}} {
+		for _, f := range group.fields {
+			sh := &shared{f: f, kind: group.kind}
+			t, msg, vars := checkTemplate(f.text, tmplScope{fields: rolloutFields})
+			if msg != "" {
+				c.at(f.path, "%s", msg)
+				sh.broken = true
+			}
+			sh.tmpl, sh.vars = t, vars
+			sh.perRoll = t != nil
+			if !sh.broken && !sh.perRoll {
+				c.checkRendered(sh.kind, f.path, f.text, "")
+			}
+			sharedFields = append(sharedFields, sh)
+		}
+	}
+	sharedReplies := c.replyFields(s.SubLLM.Replies)
+
+	ids := map[string]string{}
+	for i, r := range s.Rollouts {
+		p := fmt.Sprintf("rollouts[%d]", i)
+		if r.ID != "" {
+			if prev, ok := ids[r.ID]; ok {
+				c.at(p+".id", "duplicate rollout id %q (first at %s)", r.ID, c.spec.Where(prev))
+			} else {
+				ids[r.ID] = p + ".id"
+			}
+		}
+		vars := map[string]bool{}
+		for k := range r.Vars {
+			vars[k] = true
+		}
+		inst := Instance{ID: r.ID, Rollout: r, RepeatIndex: 1}
+		data := RolloutData(inst)
+		for _, sh := range sharedFields {
+			if sh.broken || !sh.perRoll {
+				continue
+			}
+			if missing := firstMissing(sh.vars, vars); missing != "" {
+				c.at(sh.f.path, "template uses .vars.%s, but rollout %q (%s) defines no var %q", missing, r.ID, p, missing)
+				continue
+			}
+			out, err := execute(sh.tmpl, data)
+			if err != nil {
+				c.at(sh.f.path, "template fails for rollout %q: %v", r.ID, cleanTemplateErr(err))
+				continue
+			}
+			c.checkRendered(sh.kind, sh.f.path, out, fmt.Sprintf(" (for rollout %q)", r.ID))
+		}
+		scope := tmplScope{fields: rolloutFields, vars: vars}
+		for j, t := range r.Turns {
+			c.checkText(fmt.Sprintf("%s.turns[%d].code", p, j), t.Code, scope, data, "text")
+		}
+		mPaths, mTexts := mutationStrings(r.Mutations, p+".mutations")
+		for _, f := range mPaths {
+			c.checkText(f.path, f.text, scope, data, "path")
+		}
+		for _, f := range mTexts {
+			c.checkText(f.path, f.text, scope, data, "text")
+		}
+		c.checkCopySources(r.Mutations, p+".mutations", data)
+		c.checkModes(r.Mutations, p+".mutations")
+		if r.Expect != nil && r.Expect.Answer != nil {
+			c.checkText(p+".expect.answer", *r.Expect.Answer, scope, data, "text")
+		}
+		c.checkReplies(c.replyFields(r.SubLLMReplies), vars, data, r.ID, false)
+		c.checkReplies(sharedReplies, vars, data, r.ID, i > 0)
+	}
+}
+
+func firstMissing(used []string, vars map[string]bool) string {
+	for _, v := range used {
+		if !vars[v] {
+			return v
+		}
+	}
+	return ""
+}
+
+func cleanTemplateErr(err error) string {
+	m := err.Error()
+	if i := strings.Index(m, ": executing "); i >= 0 {
+		m = m[i+len(": executing "):]
+		if j := strings.Index(m, ": "); j >= 0 {
+			m = m[j+2:]
+		}
+	}
+	return m
+}
+
+// checkText checks a per-rollout template and, when kind asks, its rendered value.
+func (c *semanticChecker) checkText(path, text string, sc tmplScope, data map[string]any, kind string) {
+	t, msg, _ := checkTemplate(text, sc)
+	if msg != "" {
+		c.at(path, "%s", msg)
+		return
+	}
+	out := text
+	var err error
+	if t != nil {
+		out, err = execute(t, data)
+	}
+	if err != nil {
+		c.at(path, "template fails: %v", cleanTemplateErr(err))
+		return
+	}
+	c.checkRendered(kind, path, out, "")
+}
+
+func (c *semanticChecker) checkRendered(kind, path, val, suffix string) {
+	switch kind {
+	case "path":
+		if msg := InsideWorkdir(val); msg != "" {
+			c.at(path, "%s%s", msg, suffix)
+			return
+		}
+		if strings.HasSuffix(path, ".glob") {
+			if _, err := filepath.Match(val, ""); err != nil {
+				c.at(path, "bad glob pattern %q%s", val, suffix)
+			}
+		}
+		if (strings.HasSuffix(path, ".write.path") || strings.HasSuffix(path, ".remove.path")) && filepath.Clean(val) == "." {
+			c.at(path, "names the working directory itself%s", suffix)
+		}
+	case "regex":
+		if _, err := regexp.Compile(val); err != nil {
+			c.at(path, "regular expression does not compile: %s%s", strings.TrimPrefix(err.Error(), "error parsing regexp: "), suffix)
+		}
+	}
+}
+
+// InsideWorkdir returns a message when p is absolute or escapes the working
+// directory with "..".
+func InsideWorkdir(p string) string {
+	if p == "" {
+		return "path is empty"
+	}
+	if filepath.IsAbs(p) {
+		return fmt.Sprintf("path %q is absolute; paths are relative to the working directory", p)
+	}
+	clean := filepath.Clean(p)
+	if clean == ".." || strings.HasPrefix(clean, "../") {
+		return fmt.Sprintf("path %q leaves the working directory", p)
+	}
+	return ""
+}
+
+func (c *semanticChecker) checkCopySources(ms []Mutation, prefix string, data map[string]any) {
+	for i, m := range ms {
+		if m.Copy == nil || m.Copy.From == "" {
+			continue
+		}
+		from := m.Copy.From
+		if data != nil {
+			out, err := Render(prefix, from, data)
+			if err != nil {
+				continue // reported by checkText
+			}
+			from = out
+		} else if strings.Contains(from, "{{") {
+			continue // depends on the rollout: checked when staging
+		}
+		full := from
+		if !filepath.IsAbs(full) {
+			full = filepath.Join(c.spec.Dir, from)
+		}
+		st, err := os.Lstat(full)
+		switch {
+		case err != nil:
+			c.at(fmt.Sprintf("%s[%d].copy.from", prefix, i), "%q not found (looked in %q)", from, full)
+		case st.Mode()&os.ModeSymlink != 0:
+			c.at(fmt.Sprintf("%s[%d].copy.from", prefix, i), "%q is a symlink; symlinks are not copied", from)
+		}
+	}
+}
+
+func (c *semanticChecker) checkModes(ms []Mutation, prefix string) {
+	for i, m := range ms {
+		var mode, field string
+		switch {
+		case m.Write != nil:
+			mode, field = m.Write.Mode, "write"
+		case m.Mkdir != nil:
+			mode, field = m.Mkdir.Mode, "mkdir"
+		case m.Chmod != nil:
+			mode, field = m.Chmod.Mode, "chmod"
+		}
+		if mode == "" {
+			continue
+		}
+		if _, err := ParseMode(mode); err != nil {
+			c.at(fmt.Sprintf("%s[%d].%s.mode", prefix, i, field), "%v", err)
+		}
+	}
+}
+
+// ParseMode parses an octal permission string such as "0644".
+func ParseMode(s string) (os.FileMode, error) {
+	v, err := strconv.ParseUint(s, 8, 32)
+	if err != nil || v > 0o777 {
+		return 0, fmt.Errorf("mode %q is not an octal permission such as \"0644\"", s)
+	}
+	return os.FileMode(v), nil
+}
+
+// replyField is a reply with its compiled groups, ready for per-rollout checks.
+type replyField struct {
+	reply Reply
+	path  string
+}
+
+func (c *semanticChecker) replyFields(rs []Reply) []replyField {
+	out := make([]replyField, 0, len(rs))
+	for _, r := range rs {
+		out = append(out, replyField{reply: r, path: r.Path})
+	}
+	return out
+}
+
+// checkReplies checks replies for one rollout; shared replies report
+// rollout-independent problems only once (onlyVars after the first rollout).
+func (c *semanticChecker) checkReplies(rs []replyField, vars map[string]bool, data map[string]any, rolloutID string, onlyVars bool) {
+	subTools := map[string]bool{}
+	for _, t := range append(append([]Tool{}, c.spec.Tools...), c.spec.SubTools...) {
+		subTools[t.Name] = true
+	}
+	report := func(path, format string, args ...any) {
+		if onlyVars {
+			return
+		}
+		c.at(path, format, args...)
+	}
+	for _, rf := range rs {
+		r, p := rf.reply, rf.path
+		hasSteps, hasReply := len(r.Steps) > 0, c.present(pointerOf(p)+"/reply")
+		if hasSteps == hasReply {
+			report(p, "a reply needs exactly one of steps, reply")
+		}
+		scope := tmplScope{fields: rolloutFields, vars: vars}
+		if _, msg, _ := checkTemplate(r.Match, scope); msg != "" {
+			if strings.Contains(msg, "defines no var") {
+				c.at(p+".match", "%s (rollout %q)", msg, rolloutID)
+			} else {
+				report(p+".match", "%s", msg)
+			}
+			continue
+		}
+		pattern, err := Render(p, r.Match, data)
+		if err != nil {
+			c.at(p+".match", "template fails for rollout %q: %v", rolloutID, cleanTemplateErr(err))
+			continue
+		}
+		re, err := regexp.Compile(pattern)
+		if err != nil {
+			report(p+".match", "regular expression does not compile: %s", strings.TrimPrefix(err.Error(), "error parsing regexp: "))
+			continue
+		}
+		groups := map[string]bool{}
+		for i := 0; i <= re.NumSubexp(); i++ {
+			groups[strconv.Itoa(i)] = true
+		}
+		for _, n := range re.SubexpNames() {
+			if n != "" {
+				groups[n] = true
+			}
+		}
+		stepScope := tmplScope{fields: stepFields, vars: vars, groups: groups}
+		var texts []stringField
+		if hasReply {
+			texts = append(texts, stringField{p + ".reply", r.Reply})
+		}
+		for j, st := range r.Steps {
+			sp := fmt.Sprintf("%s.steps[%d]", p, j)
+			if st.HasContent {
+				texts = append(texts, stringField{sp + ".content", st.Content})
+			}
+			for k, tc := range st.ToolCalls {
+				tp := fmt.Sprintf("%s.tool_calls[%d]", sp, k)
+				if tc.Name != "" && !subTools[tc.Name] {
+					report(tp+".name", "sub tool %q is not defined (sub tools: tools and sub_tools)%s", tc.Name, toolHint(tc.Name, subTools))
+				}
+				collectArgStrings(tc.Arguments, tp+".arguments", &texts)
+			}
+		}
+		for _, t := range texts {
+			_, msg, _ := checkTemplate(t.text, stepScope)
+			if msg == "" {
+				continue
+			}
+			if strings.Contains(msg, "defines no var") {
+				c.at(t.path, "%s (rollout %q)", msg, rolloutID)
+			} else {
+				report(t.path, "%s", msg)
+			}
+		}
+	}
+}
+
+func toolHint(name string, tools map[string]bool) string {
+	names := make([]string, 0, len(tools))
+	for t := range tools {
+		names = append(names, t)
+	}
+	if s := suggest(name, names); s != "" {
+		return fmt.Sprintf(" (did you mean %q?)", s)
+	}
+	return ""
+}
+
+func collectArgStrings(v any, path string, out *[]stringField) {
+	switch x := v.(type) {
+	case string:
+		*out = append(*out, stringField{path, x})
+	case map[string]any:
+		for k, val := range x {
+			collectArgStrings(val, displayPath(path, k, -1), out)
+		}
+	case []any:
+		for i, val := range x {
+			collectArgStrings(val, displayPath(path, "", i), out)
+		}
+	}
+}
+
+// pointerOf converts a display path (rollouts[1].sub_llm_replies[0]) to a JSON pointer.
+func pointerOf(display string) string {
+	var b strings.Builder
+	for _, part := range strings.Split(strings.ReplaceAll(display, "[", ".["), ".") {
+		if part == "" {
+			continue
+		}
+		b.WriteString("/")
+		b.WriteString(escapePointer(strings.Trim(part, "[]")))
+	}
+	return b.String()
+}

@@ -1,0 +1,387 @@
+// Package schema defines the rlmrun spec format (version 1): its JSON Schema,
+// the YAML loader that keeps the line and column of every node, the semantic
+// checks a schema cannot express, and the defaults applied after validation.
+package schema
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+)
+
+// Spec is a validated rlmrun spec with every default applied.
+type Spec struct {
+	Version     int         `json:"version"`
+	Name        string      `json:"name"`
+	Description string      `json:"description,omitempty"`
+	REPL        REPL        `json:"repl"`
+	Backend     Backend     `json:"backend"`
+	Tools       []Tool      `json:"tools,omitempty"`
+	RootTools   []Tool      `json:"root_tools,omitempty"`
+	SubTools    []Tool      `json:"sub_tools,omitempty"`
+	SubLLM      SubLLM      `json:"sub_llm"`
+	Filesystem  Filesystem  `json:"filesystem"`
+	Retention   Retention   `json:"retention"`
+	Rewards     []Reward    `json:"rewards,omitempty"`
+	Rollouts    []Rollout   `json:"rollouts"`
+	File        string      `json:"-"` // the spec file as given to the loader
+	Dir         string      `json:"-"` // absolute folder of the spec file; relative paths start here
+	positions   *positionIx `json:"-"`
+}
+
+// REPL configures the root model's REPL.
+type REPL struct {
+	Language             string   `json:"language"`
+	Python               string   `json:"python"`
+	MaxIterations        int      `json:"max_iterations"`
+	MaxOutputLength      int      `json:"max_output_length"`
+	CodeExecutionTimeout Duration `json:"code_execution_timeout"`
+	AbortOnCodeTimeout   bool     `json:"abort_on_code_timeout"`
+	StartupTimeout       Duration `json:"startup_timeout"`
+}
+
+// Backend says where the REPL runs.
+type Backend struct {
+	Type            string  `json:"type"`
+	InterceptionURL string  `json:"interception_url"`
+	Sandbox         Sandbox `json:"sandbox"`
+}
+
+// Sandbox holds the settings of the sandbox backend.
+type Sandbox struct {
+	Provider      string            `json:"provider"`
+	Image         string            `json:"image"`
+	Pull          string            `json:"pull"`
+	CPUCores      float64           `json:"cpu_cores"`
+	MemoryGB      float64           `json:"memory_gb"`
+	DiskSizeGB    float64           `json:"disk_size_gb"`
+	PIDs          int               `json:"pids"`
+	Lifetime      Duration          `json:"lifetime"`
+	Network       string            `json:"network"`
+	Env           map[string]string `json:"env"`
+	Labels        map[string]string `json:"labels"`
+	CreateRetries int               `json:"create_retries"`
+}
+
+// Tool is a host command the REPL (root tool) or a sub-LLM (sub tool) can call.
+type Tool struct {
+	Name        string          `json:"name"`
+	Description string          `json:"description,omitempty"`
+	Parameters  json.RawMessage `json:"parameters,omitempty"`
+	Run         Command         `json:"run"`
+	Timeout     Duration        `json:"timeout"`
+	// ParamNames lists the parameters in declaration order (positional order).
+	ParamNames []string `json:"-"`
+}
+
+// Command is a host command: an argv list, or one string run by `sh -c`.
+type Command struct {
+	Argv  []string
+	Shell string
+}
+
+// IsZero reports whether no command was given.
+func (c Command) IsZero() bool { return len(c.Argv) == 0 && c.Shell == "" }
+
+// Args returns the argv to execute.
+func (c Command) Args() []string {
+	if c.Shell != "" {
+		return []string{"/bin/sh", "-c", c.Shell}
+	}
+	return c.Argv
+}
+
+// String renders the command for messages.
+func (c Command) String() string {
+	if c.Shell != "" {
+		return c.Shell
+	}
+	b, _ := json.Marshal(c.Argv)
+	return string(b)
+}
+
+// UnmarshalJSON accepts a string or a list of strings.
+func (c *Command) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err == nil {
+		*c = Command{Shell: s}
+		return nil
+	}
+	var argv []string
+	if err := json.Unmarshal(b, &argv); err != nil {
+		return fmt.Errorf("command must be a string or a list of strings")
+	}
+	*c = Command{Argv: argv}
+	return nil
+}
+
+// MarshalJSON writes the command in the form it was given.
+func (c Command) MarshalJSON() ([]byte, error) {
+	if c.Shell != "" {
+		return json.Marshal(c.Shell)
+	}
+	return json.Marshal(c.Argv)
+}
+
+// SubLLM configures llm_batch and the sub-LLMs behind it.
+type SubLLM struct {
+	Model           string  `json:"model"`
+	MaxParallelism  int     `json:"max_parallelism"`
+	StaggerMS       int     `json:"stagger_ms"`
+	StaggerJitterMS int     `json:"stagger_jitter_ms"`
+	ToolMaxTurns    int     `json:"tool_max_turns"`
+	Replies         []Reply `json:"replies,omitempty"`
+}
+
+// Reply is a scripted sub-LLM answer for prompts matching a regex.
+type Reply struct {
+	Match string `json:"match"`
+	Steps []Step `json:"steps,omitempty"`
+	Reply string `json:"reply,omitempty"`
+	Path  string `json:"-"` // field path of this reply in the spec, for messages
+}
+
+// AllSteps returns the steps, expanding the `reply` shorthand.
+func (r Reply) AllSteps() []Step {
+	if len(r.Steps) > 0 {
+		return r.Steps
+	}
+	return []Step{{Content: r.Reply, HasContent: true}}
+}
+
+// Step is one scripted assistant turn of a sub-LLM.
+type Step struct {
+	ToolCalls  []ToolCall `json:"tool_calls,omitempty"`
+	Content    string     `json:"content,omitempty"`
+	HasContent bool       `json:"-"`
+}
+
+// UnmarshalJSON records whether content was given (an empty string is an answer too).
+func (s *Step) UnmarshalJSON(b []byte) error {
+	type plain Step
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return err
+	}
+	var p plain
+	if err := json.Unmarshal(b, &p); err != nil {
+		return err
+	}
+	*s = Step(p)
+	_, s.HasContent = raw["content"]
+	return nil
+}
+
+// ToolCall is a scripted tool call; string values in Arguments are templates.
+type ToolCall struct {
+	Name      string         `json:"name"`
+	Arguments map[string]any `json:"arguments"`
+}
+
+// Filesystem describes the rollout's working directory before the first cell.
+type Filesystem struct {
+	ContextDir   string     `json:"context_dir,omitempty"`
+	Context      any        `json:"context,omitempty"`
+	HasContext   bool       `json:"-"`
+	CopyMaxBytes int64      `json:"copy_max_bytes"`
+	Mutations    []Mutation `json:"mutations,omitempty"`
+}
+
+// Mutation is one change applied to the staging directory; exactly one field is set.
+type Mutation struct {
+	Write  *WriteOp  `json:"write,omitempty"`
+	Mkdir  *MkdirOp  `json:"mkdir,omitempty"`
+	Copy   *CopyOp   `json:"copy,omitempty"`
+	Remove *RemoveOp `json:"remove,omitempty"`
+	Chmod  *ChmodOp  `json:"chmod,omitempty"`
+	Path   string    `json:"-"` // field path of this mutation in the spec, for messages
+}
+
+// WriteOp writes a file (parents are created).
+type WriteOp struct {
+	Path    string `json:"path"`
+	Content string `json:"content"`
+	Mode    string `json:"mode,omitempty"`
+}
+
+// MkdirOp creates a directory and its parents.
+type MkdirOp struct {
+	Path string `json:"path"`
+	Mode string `json:"mode,omitempty"`
+}
+
+// CopyOp copies a host file or directory (relative to the spec folder) into the working directory.
+type CopyOp struct {
+	From string `json:"from"`
+	To   string `json:"to"`
+}
+
+// RemoveOp removes a file or a directory tree.
+type RemoveOp struct {
+	Path string `json:"path"`
+}
+
+// ChmodOp changes a path's permission bits.
+type ChmodOp struct {
+	Path string `json:"path"`
+	Mode string `json:"mode"`
+}
+
+// Retention says what is kept after a run.
+type Retention struct {
+	Filesystem bool   `json:"filesystem"`
+	Dir        string `json:"dir"`
+}
+
+// Reward scores a finished rollout; exactly one of Answer, Files and Run is set.
+type Reward struct {
+	Name   string       `json:"name"`
+	Weight float64      `json:"weight"`
+	Answer *AnswerCheck `json:"answer,omitempty"`
+	Files  *FilesCheck  `json:"files,omitempty"`
+	Run    *Command     `json:"run,omitempty"`
+	// Timeout bounds a `run` reward.
+	Timeout Duration `json:"timeout"`
+}
+
+// AnswerCheck compares a string (the answer, or a file's content) with an expectation.
+type AnswerCheck struct {
+	Equals   *string `json:"equals,omitempty"`
+	Contains *string `json:"contains,omitempty"`
+	Matches  *string `json:"matches,omitempty"`
+}
+
+// FilesCheck judges the final working directory.
+type FilesCheck struct {
+	Glob    string        `json:"glob,omitempty"`
+	Count   *int          `json:"count,omitempty"`
+	Exists  []string      `json:"exists,omitempty"`
+	Absent  []string      `json:"absent,omitempty"`
+	Content *ContentCheck `json:"content,omitempty"`
+}
+
+// ContentCheck compares one file's content.
+type ContentCheck struct {
+	Path string `json:"path"`
+	AnswerCheck
+}
+
+// Rollout is one scripted episode (repeated Repeat times).
+type Rollout struct {
+	ID            string     `json:"id"`
+	Prompt        string     `json:"prompt,omitempty"`
+	Repeat        int        `json:"repeat"`
+	Vars          Vars       `json:"vars,omitempty"`
+	Mutations     []Mutation `json:"mutations,omitempty"`
+	Turns         []Turn     `json:"turns"`
+	SubLLMReplies []Reply    `json:"sub_llm_replies,omitempty"`
+	Expect        *Expect    `json:"expect,omitempty"`
+	Index         int        `json:"-"` // position in the spec's rollouts list
+}
+
+// Vars are a rollout's template variables. YAML scalars of any type are kept
+// as their text ("2", "true").
+type Vars map[string]string
+
+// UnmarshalJSON accepts strings, numbers and booleans as values.
+func (v *Vars) UnmarshalJSON(b []byte) error {
+	var raw map[string]any
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	if err := dec.Decode(&raw); err != nil {
+		return err
+	}
+	out := make(Vars, len(raw))
+	for k, val := range raw {
+		switch x := val.(type) {
+		case string:
+			out[k] = x
+		case json.Number:
+			out[k] = x.String()
+		case bool:
+			out[k] = strconv.FormatBool(x)
+		default:
+			return fmt.Errorf("var %q must be a string, number or boolean", k)
+		}
+	}
+	*v = out
+	return nil
+}
+
+// Turn is one scripted root-model turn: a REPL cell.
+type Turn struct {
+	Code string `json:"code"`
+}
+
+// Expect is what a correct rollout looks like.
+type Expect struct {
+	Status *string  `json:"status,omitempty"`
+	Answer *string  `json:"answer,omitempty"`
+	Reward *float64 `json:"reward,omitempty"`
+}
+
+// Duration is a time.Duration written as a Go duration string ("120s", "2m") or
+// an integer number of seconds.
+type Duration struct{ time.Duration }
+
+// UnmarshalJSON accepts "90s"-style strings and integer seconds.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err == nil {
+		v, err := time.ParseDuration(s)
+		if err != nil {
+			return err
+		}
+		d.Duration = v
+		return nil
+	}
+	var n json.Number
+	if err := json.Unmarshal(b, &n); err != nil {
+		return fmt.Errorf("duration must be a string like \"120s\" or integer seconds")
+	}
+	i, err := strconv.ParseInt(n.String(), 10, 64)
+	if err != nil {
+		return fmt.Errorf("duration in seconds must be an integer")
+	}
+	d.Duration = time.Duration(i) * time.Second
+	return nil
+}
+
+// MarshalJSON writes the duration as a Go duration string.
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(d.String()) }
+
+// Where returns "file:line:col" for a field path such as "rollouts[1].turns[0].code",
+// or the file name alone when the path is unknown (e.g. a default value).
+func (s *Spec) Where(path string) string {
+	if s.positions != nil {
+		if p, ok := s.positions.byDisplay[path]; ok {
+			return fmt.Sprintf("%s:%d:%d", s.File, p.Line, p.Col)
+		}
+	}
+	return s.File
+}
+
+// ExpandedRollouts returns one entry per run of a rollout: ids get "#n" suffixes
+// when repeat > 1.
+func (s *Spec) ExpandedRollouts() []Instance {
+	var out []Instance
+	for _, r := range s.Rollouts {
+		for i := 1; i <= r.Repeat; i++ {
+			id := r.ID
+			if r.Repeat > 1 {
+				id = fmt.Sprintf("%s#%d", r.ID, i)
+			}
+			out = append(out, Instance{ID: id, Rollout: r, RepeatIndex: i})
+		}
+	}
+	return out
+}
+
+// Instance is one run of a rollout.
+type Instance struct {
+	ID          string
+	Rollout     Rollout
+	RepeatIndex int
+}
