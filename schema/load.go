@@ -1,7 +1,6 @@
 package schema
 
 import (
-	"bytes"
 	_ "embed"
 	"encoding/json"
 	"errors"
@@ -13,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/santhosh-tekuri/jsonschema/v5"
 	"gopkg.in/yaml.v3"
 )
 
@@ -26,29 +24,19 @@ func JSON() []byte { return append([]byte(nil), schemaJSON...) }
 // SchemaID is the $id of the embedded schema.
 const SchemaID = "https://rlmrun.dev/schema/v1/spec.schema.json"
 
-// Loader validates and loads specs. It holds the compiled schema, so reuse it
+// Loader validates and loads specs. It holds the parsed schema, so reuse it
 // when loading many files.
 type Loader struct {
-	compiled *jsonschema.Schema
-	raw      map[string]any
+	raw map[string]any
 }
 
-// NewLoader compiles the embedded schema.
+// NewLoader parses the embedded schema.
 func NewLoader() (*Loader, error) {
-	c := jsonschema.NewCompiler()
-	c.Draft = jsonschema.Draft2020
-	if err := c.AddResource(SchemaID, bytes.NewReader(schemaJSON)); err != nil {
-		return nil, fmt.Errorf("load embedded schema: %w", err)
-	}
-	compiled, err := c.Compile(SchemaID)
-	if err != nil {
-		return nil, fmt.Errorf("compile embedded schema: %w", err)
-	}
 	var raw map[string]any
 	if err := json.Unmarshal(schemaJSON, &raw); err != nil {
 		return nil, fmt.Errorf("parse embedded schema: %w", err)
 	}
-	return &Loader{compiled: compiled, raw: raw}, nil
+	return &Loader{raw: raw}, nil
 }
 
 // Load reads, validates and loads the spec in file with a fresh Loader.
@@ -107,12 +95,10 @@ func (l *Loader) LoadBytes(file, dir string, data []byte) (*Spec, error) {
 	for ptr := range b.bad {
 		v.bad[ptr] = true
 	}
-	if err := l.compiled.Validate(tree); err != nil {
-		var verr *jsonschema.ValidationError
-		if !errors.As(err, &verr) {
-			return nil, fmt.Errorf("validate %s: %w", file, err)
-		}
-		for _, p := range v.problems(verr) {
+	in := newInterp(l.raw)
+	in.validate(l.raw, tree, "")
+	for _, viol := range in.out {
+		for _, p := range v.leaf(viol) {
 			if !b.bad[p.ptr] {
 				probs = append(probs, p)
 			}
@@ -188,22 +174,6 @@ type schemaValidator struct {
 	bad  map[string]bool // pointers whose values are unusable
 }
 
-func (v *schemaValidator) problems(e *jsonschema.ValidationError) []Problem {
-	var out []Problem
-	var walk func(*jsonschema.ValidationError)
-	walk = func(e *jsonschema.ValidationError) {
-		if len(e.Causes) > 0 {
-			for _, c := range e.Causes {
-				walk(c)
-			}
-			return
-		}
-		out = append(out, v.leaf(e)...)
-	}
-	walk(e)
-	return out
-}
-
 func (v *schemaValidator) info(ptr string) *nodeInfo {
 	if i := v.ix.byPointer[ptr]; i != nil {
 		return i
@@ -211,20 +181,17 @@ func (v *schemaValidator) info(ptr string) *nodeInfo {
 	return &nodeInfo{Pos: Pos{1, 1}}
 }
 
-func (v *schemaValidator) leaf(e *jsonschema.ValidationError) []Problem {
-	kw := e.KeywordLocation[strings.LastIndex(e.KeywordLocation, "/")+1:]
-	node := v.schemaNode(e.AbsoluteKeywordLocation)
-	ptr := e.InstanceLocation
+func (v *schemaValidator) leaf(viol violation) []Problem {
+	kw, node, ptr := viol.kw, viol.node, viol.ptr
 	info := v.info(ptr)
 	val := getPointer(v.root, ptr)
 	hint, _ := node["x-hint"].(string)
 	at := func(msg string) []Problem {
 		return []Problem{{Pos: info.Pos, Path: info.Display, Message: msg, ptr: ptr}}
 	}
-	if strings.Contains(e.KeywordLocation, "/propertyNames/") {
-		name := ptr[strings.LastIndex(ptr, "/")+1:]
+	if kw == "propertyNames" {
 		return []Problem{{Pos: info.KeyPos, Path: info.Display, ptr: ptr,
-			Message: fmt.Sprintf("name %q must be an identifier (letters, digits and '_', not starting with a digit)", name)}}
+			Message: fmt.Sprintf("name %q must be an identifier (letters, digits and '_', not starting with a digit)", viol.prop)}}
 	}
 	switch kw {
 	case "required":
@@ -326,7 +293,7 @@ func (v *schemaValidator) leaf(e *jsonschema.ValidationError) []Problem {
 		v.bad[ptr] = true
 		return at(propsHint(node))
 	}
-	return at(e.Message)
+	return at("does not satisfy " + kw)
 }
 
 func propsHint(node map[string]any) string {
@@ -350,23 +317,6 @@ func propsHint(node map[string]any) string {
 	default:
 		return "needs at least one of: " + list
 	}
-}
-
-// schemaNode resolves an absolute keyword location to the schema object that
-// holds the keyword.
-func (v *schemaValidator) schemaNode(absLoc string) map[string]any {
-	frag := absLoc
-	if i := strings.Index(absLoc, "#"); i >= 0 {
-		frag = absLoc[i+1:]
-	}
-	if j := strings.LastIndex(frag, "/"); j >= 0 {
-		frag = frag[:j]
-	}
-	n, _ := getPointer(v.raw, frag).(map[string]any)
-	if n == nil {
-		return map[string]any{}
-	}
-	return n
 }
 
 func splitPointer(ptr string) []string {

@@ -274,7 +274,17 @@ func FuzzLoad(f *testing.F) {
 	}
 	line := regexp.MustCompile(`^f\.yaml:\d+:\d+: .+`)
 	dir := f.TempDir()
+	ref := referenceSchema(f)
+	var raw map[string]any
+	if err := json.Unmarshal(schemaJSON, &raw); err != nil {
+		f.Fatal(err)
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
+		// Whatever the document, the schema interpreter and the reference
+		// implementation must agree on it.
+		if tree, ok := treeOf(data); ok {
+			agree(t, ref, raw, tree, "fuzz input")
+		}
 		spec, err := loader.LoadBytes("f.yaml", dir, data)
 		if err == nil {
 			if spec == nil || len(spec.Rollouts) == 0 {

@@ -1,7 +1,6 @@
 package schema
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"net/url"
@@ -11,8 +10,6 @@ import (
 	"strconv"
 	"strings"
 	"text/template"
-
-	"github.com/santhosh-tekuri/jsonschema/v5"
 )
 
 // ReservedToolName is the fixed root tool every REPL has.
@@ -161,11 +158,23 @@ func (c *semanticChecker) checkToolDef(t Tool, p string) {
 					c.at(p+".parameters.properties", "must be a mapping of parameter name to JSON Schema")
 				}
 			}
-			comp := jsonschema.NewCompiler()
-			comp.Draft = jsonschema.Draft2020
-			if err := comp.AddResource("tool.json", bytes.NewReader(t.Parameters)); err == nil {
-				if _, err := comp.Compile("tool.json"); err != nil {
-					c.at(p+".parameters", "not a valid JSON Schema: %v", strings.TrimPrefix(err.Error(), "jsonschema tool.json compilation failed: "))
+			if props, ok := params["properties"].(map[string]any); ok {
+				for name, ps := range props {
+					if _, isMap := ps.(map[string]any); !isMap {
+						c.at(p+".parameters.properties."+name, "must be a JSON Schema (a mapping), got %v", ps)
+					}
+				}
+				if req, ok := params["required"]; ok {
+					list, isList := req.([]any)
+					if !isList {
+						c.at(p+".parameters.required", "must be a list of parameter names")
+					}
+					for i, r := range list {
+						name, isStr := r.(string)
+						if _, known := props[name]; !isStr || !known {
+							c.at(fmt.Sprintf("%s.parameters.required[%d]", p, i), "%v is not one of the parameters' properties", r)
+						}
+					}
 				}
 			}
 		}

@@ -117,3 +117,11 @@ func TestHelpHasExamples(t *testing.T) {
 		}
 	}
 }
+
+func TestRunDryRunPrintsThePlan(t *testing.T) {
+	spec := writeSpec(t, okSpec)
+	code, out, errOut := runCLI(t, "run", spec, "--dry-run")
+	if code != 0 || !strings.Contains(out, "plan: ok") || !strings.Contains(out, "a#2") || !strings.Contains(out, "root tools: llm_batch") {
+		t.Fatalf("dry run: %d\n%s%s", code, out, errOut)
+	}
+}

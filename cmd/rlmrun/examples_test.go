@@ -1,9 +1,39 @@
 package main
 
 import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
+	"time"
+
+	"github.com/rlmrun/rlmrun/internal/testbin"
 )
+
+// rlmrunBin is the CLI built for tests that need a real agent process.
+var rlmrunBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "rlmrun-test-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	rlmrunBin, err = testbin.Build(dir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
 
 // exampleSpecs lists every spec under examples/.
 func exampleSpecs(t *testing.T) []string {
@@ -29,4 +59,116 @@ func TestExamplesValidate(t *testing.T) {
 			t.Errorf("validate %s: exit %d\n%s%s", spec, code, out, errOut)
 		}
 	}
+}
+
+// TestExamplesRun runs every example end to end: each must pass.
+func TestExamplesRun(t *testing.T) {
+	for _, spec := range exampleSpecs(t) {
+		t.Run(filepath.Base(spec), func(t *testing.T) {
+			out := t.TempDir()
+			code, stdout, stderr := runCLI(t, "run", "--agent-binary", rlmrunBin, "--out-dir", out, spec)
+			if code != 0 {
+				t.Fatalf("run %s: exit %d\n%s%s", spec, code, stdout, stderr)
+			}
+			results, _ := filepath.Glob(filepath.Join(out, "*", "results.jsonl"))
+			if len(results) != 1 {
+				t.Fatalf("results files: %v", results)
+			}
+			for _, r := range readResults(t, results[0]) {
+				if r["passed"] != true {
+					t.Errorf("%s did not pass: %v", r["id"], r)
+				}
+			}
+		})
+	}
+}
+
+func readResults(t *testing.T, path string) []map[string]any {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out []map[string]any
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 64<<20)
+	for sc.Scan() {
+		var r map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			t.Fatalf("bad JSONL line: %v", err)
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// TestInterruptedRunExitCode sends SIGINT and SIGTERM to a running rlmrun:
+// it must exit with 130 / 143, keep the finished rollout's result and leave
+// no process or temporary directory behind.
+func TestInterruptedRunExitCode(t *testing.T) {
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
+		t.Run(sig.String(), func(t *testing.T) {
+			dir := t.TempDir()
+			spec := filepath.Join(dir, "spec.yaml")
+			marker := fmt.Sprintf("rlmrun-interrupt-%d-%d", os.Getpid(), sig)
+			body := fmt.Sprintf("version: 1\nname: interrupt\nrollouts:\n  - id: quick\n    turns: [{code: 'export RLM_CONTENT=1 RLM_READY=1'}]\n  - id: slow\n    turns: [{code: 'exec -a %s sleep 1000'}]\n", marker)
+			if err := os.WriteFile(spec, []byte(body), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			tmp := t.TempDir()
+			out := filepath.Join(dir, "out")
+			cmd := exec.Command(rlmrunBin, "run", "--concurrency", "1", "--out-dir", out, spec)
+			cmd.Env = append(os.Environ(), "TMPDIR="+tmp)
+			var stderr strings.Builder
+			cmd.Stderr = &stderr
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			deadline := time.Now().Add(20 * time.Second)
+			for len(procsNamed(marker)) == 0 && time.Now().Before(deadline) {
+				time.Sleep(20 * time.Millisecond)
+			}
+			if len(procsNamed(marker)) == 0 {
+				_ = cmd.Process.Kill()
+				t.Fatalf("the slow cell never started\n%s", stderr.String())
+			}
+			_ = cmd.Process.Signal(sig)
+			err := cmd.Wait()
+			want := 128 + int(sig)
+			if code := cmd.ProcessState.ExitCode(); code != want {
+				t.Fatalf("exit code %d (%v), want %d\n%s", code, err, want, stderr.String())
+			}
+			if left := procsNamed(marker); len(left) > 0 {
+				t.Errorf("processes left behind: %v", left)
+			}
+			if entries, _ := os.ReadDir(tmp); len(entries) != 0 {
+				t.Errorf("temp files left behind: %v", entries)
+			}
+			results, _ := filepath.Glob(filepath.Join(out, "*", "results.jsonl"))
+			if len(results) != 1 {
+				t.Fatalf("results: %v", results)
+			}
+			got := map[string]string{}
+			for _, r := range readResults(t, results[0]) {
+				got[r["id"].(string)] = r["status"].(string)
+			}
+			if got["quick"] != "completed" || got["slow"] != "error" {
+				t.Errorf("statuses: %v", got)
+			}
+		})
+	}
+}
+
+// procsNamed lists processes whose argv[0] is name.
+func procsNamed(name string) []string {
+	var out []string
+	dirs, _ := os.ReadDir("/proc")
+	for _, d := range dirs {
+		b, err := os.ReadFile(filepath.Join("/proc", d.Name(), "cmdline"))
+		if err == nil && strings.HasPrefix(string(b), name+"\x00") {
+			out = append(out, d.Name())
+		}
+	}
+	return out
 }

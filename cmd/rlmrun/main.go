@@ -95,6 +95,7 @@ Exit codes: 0 success, 1 a rollout failed or an expectation was not met,
 			validateCommand(),
 			schemaCommand(),
 			versionCommand(),
+			agentCommand(),
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {

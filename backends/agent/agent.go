@@ -1,0 +1,516 @@
+// Package agent is `rlmrun agent`: the process that runs next to the REPL,
+// locally or inside a sandbox. It serves the runner over one yamux session on
+// its stdin/stdout, owns the REPL worker, moves the working directory in and
+// out as tar streams, and (with the tunnel) carries the worker's HTTP calls
+// back to the runner.
+package agent
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/yamux"
+
+	"github.com/rlmrun/rlmrun/backends/protocol"
+	"github.com/rlmrun/rlmrun/backends/worker"
+	rlmfs "github.com/rlmrun/rlmrun/fs"
+)
+
+// Options configure an agent.
+type Options struct {
+	// Conn is the byte stream to the runner (stdin/stdout).
+	Conn io.ReadWriteCloser
+	// Log receives diagnostics (the agent's stderr).
+	Log io.Writer
+	// Self is the path of this binary, linked into the worker's PATH under
+	// each root tool's name.
+	Self string
+	// Language and Python, when set, make the agent spawn its worker process
+	// at once, so the interpreter starts while the runner sets the rollout up.
+	Language string
+	Python   string
+}
+
+// Agent serves one rollout.
+type Agent struct {
+	opts    Options
+	session *yamux.Session
+	logger  *log.Logger
+
+	mu      sync.Mutex // guards everything below; held while a cell runs
+	init    *protocol.InitArgs
+	workdir string
+	state   string // Root/agent: tool links and HOME
+	private string // the agent's own temp directory (worker files)
+	env     []string
+	worker  *worker.Worker
+	spawned chan *worker.Worker // the worker spawned at start, until start takes it
+	tunnel  net.Listener
+	done    bool
+}
+
+// Run serves until the runner shuts the agent down, the stream ends or ctx
+// is done. The worker is killed and the agent's directories removed in every
+// case.
+func Run(ctx context.Context, opts Options) error {
+	if opts.Log == nil {
+		opts.Log = io.Discard
+	}
+	sess, err := yamux.Server(opts.Conn, protocol.YamuxConfig(opts.Log))
+	if err != nil {
+		return fmt.Errorf("agent session: %w", err)
+	}
+	a := &Agent{opts: opts, session: sess, logger: log.New(opts.Log, "rlmrun agent: ", 0)}
+	defer a.cleanup()
+	if a.private, err = os.MkdirTemp("", "rlmrun-agent-"); err != nil {
+		return fmt.Errorf("agent temp dir: %w", err)
+	}
+	if opts.Language != "" {
+		// Spawned in the background: the runner's first requests are served
+		// meanwhile.
+		ch := make(chan *worker.Worker, 1)
+		a.spawned = ch
+		go func() {
+			w, err := worker.Spawn(a.spawnConfig(opts.Language, opts.Python))
+			if err != nil {
+				// Not fatal: start spawns again and reports what fails then.
+				a.logger.Printf("spawn %s worker: %v", opts.Language, err)
+			}
+			ch <- w
+		}()
+	}
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-sess.CloseChan():
+		}
+		sess.Close()
+	}()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		stream, err := sess.AcceptStream()
+		if err != nil {
+			if a.isDone() || errors.Is(err, io.EOF) || sess.IsClosed() {
+				return nil
+			}
+			return fmt.Errorf("accept: %w", err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer stream.Close()
+			if a.serve(ctx, stream) {
+				// Shut down: stop accepting, end the session.
+				sess.Close()
+			}
+		}()
+	}
+}
+
+func (a *Agent) isDone() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.done
+}
+
+// serve answers the requests of one stream; it reports whether the agent
+// should exit. Small requests share one long-lived control stream: they run
+// one at a time, and a "cancel" line with a request's id cancels it while it
+// runs. put and get carry a tar stream and end their stream.
+func (a *Agent) serve(ctx context.Context, stream *yamux.Stream) (shutdown bool) {
+	br := bufio.NewReaderSize(stream, 64<<10)
+	var wmu sync.Mutex
+	reply := func(id uint64, r protocol.Reply, err error) {
+		r.ID = id
+		if err != nil {
+			r.OK, r.Error = false, err.Error()
+		} else {
+			r.OK = true
+		}
+		wmu.Lock()
+		_ = protocol.WriteJSON(stream, r)
+		wmu.Unlock()
+	}
+	var (
+		wg      sync.WaitGroup
+		curMu   sync.Mutex
+		curID   uint64
+		curStop context.CancelFunc
+		exit    atomic.Bool
+	)
+	defer func() {
+		curMu.Lock()
+		if curStop != nil {
+			curStop() // the runner went away: whatever runs is moot
+		}
+		curMu.Unlock()
+		wg.Wait()
+	}()
+	for {
+		var req protocol.Request
+		if err := protocol.ReadJSON(br, &req); err != nil {
+			if !errors.Is(err, io.EOF) {
+				reply(0, protocol.Reply{}, fmt.Errorf("read request: %w", err))
+			}
+			return exit.Load()
+		}
+		switch req.Op {
+		case protocol.OpCancel:
+			curMu.Lock()
+			if curID == req.ID && curStop != nil {
+				curStop()
+			}
+			curMu.Unlock()
+			continue
+		case protocol.OpPut:
+			st, err := a.doPut(ctx, br, req.Put)
+			reply(req.ID, protocol.Reply{Stats: st}, err)
+			return false
+		case protocol.OpGet:
+			a.doGet(ctx, stream)
+			return false
+		}
+		// The previous request has been answered (the runner waits for each
+		// reply), so at most one runs at a time.
+		wg.Wait()
+		rctx, stop := context.WithCancel(ctx)
+		curMu.Lock()
+		curID, curStop = req.ID, stop
+		curMu.Unlock()
+		wg.Add(1)
+		go func(req protocol.Request) {
+			defer wg.Done()
+			defer stop()
+			r, err, bye := a.handle(rctx, req)
+			reply(req.ID, r, err)
+			if bye {
+				exit.Store(true)
+				_ = stream.Close()
+			}
+		}(req)
+	}
+}
+
+// handle runs one control request.
+func (a *Agent) handle(ctx context.Context, req protocol.Request) (r protocol.Reply, err error, shutdown bool) {
+	switch req.Op {
+	case protocol.OpHello:
+		host, _ := os.Hostname()
+		return protocol.Reply{Hello: &protocol.HelloReply{Version: protocol.Version, PID: os.Getpid(), UID: os.Getuid(), Hostname: host}}, nil, false
+	case protocol.OpInit:
+		return protocol.Reply{}, a.doInit(req.Init), false
+	case protocol.OpStart:
+		d, err := a.startWorker(ctx, false)
+		return protocol.Reply{StartMS: ms(d)}, err, false
+	case protocol.OpRestart:
+		d, err := a.startWorker(ctx, true)
+		return protocol.Reply{StartMS: ms(d)}, err, false
+	case protocol.OpExec:
+		rep, err := a.doExec(ctx, req)
+		return protocol.Reply{Exec: rep}, err, false
+	case protocol.OpAnswer:
+		ans, err := a.doAnswer(ctx)
+		return protocol.Reply{Answer: ans}, err, false
+	case protocol.OpShutdown:
+		a.mu.Lock()
+		a.done = true
+		a.mu.Unlock()
+		a.cleanup()
+		return protocol.Reply{}, nil, true
+	}
+	return protocol.Reply{}, fmt.Errorf("unknown operation %q", req.Op), false
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func (a *Agent) doInit(args *protocol.InitArgs) error {
+	if args == nil {
+		return errors.New("init: no arguments")
+	}
+	if !filepath.IsAbs(args.Root) {
+		return fmt.Errorf("init: root %q is not absolute", args.Root)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.init != nil {
+		return errors.New("init: already initialised")
+	}
+	workdir := filepath.Join(args.Root, "work")
+	state := filepath.Join(args.Root, "agent")
+	for _, d := range []string{workdir, state, filepath.Join(state, "home"), filepath.Join(state, "bin")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return fmt.Errorf("init: %w", err)
+		}
+	}
+	a.init, a.workdir, a.state = args, workdir, state
+	if err := a.linkTools(); err != nil {
+		return err
+	}
+	if args.Tunnel {
+		if err := a.startTunnel(); err != nil {
+			return err
+		}
+	}
+	a.env = a.workerEnv()
+	return nil
+}
+
+// linkTools makes every root tool a command on the worker's PATH: a link to
+// this binary, which answers under the tool's name.
+func (a *Agent) linkTools() error {
+	if a.opts.Self == "" {
+		return nil
+	}
+	bin := filepath.Join(a.state, "bin")
+	for _, t := range a.init.Tools {
+		if err := os.Symlink(a.opts.Self, filepath.Join(bin, t.Name)); err != nil {
+			return fmt.Errorf("init: link tool %s: %w", t.Name, err)
+		}
+	}
+	return nil
+}
+
+// workerEnv is exactly what the spec grants, plus what rlmrun itself owns.
+func (a *Agent) workerEnv() []string {
+	env := map[string]string{}
+	for k, v := range a.init.Env {
+		env[k] = v
+	}
+	bin := filepath.Join(a.state, "bin")
+	if p, ok := env["PATH"]; ok && p != "" {
+		env["PATH"] = bin + ":" + p
+	} else {
+		env["PATH"] = bin + ":/usr/local/bin:/usr/bin:/bin"
+	}
+	if _, ok := env["HOME"]; !ok {
+		env["HOME"] = filepath.Join(a.state, "home")
+	}
+	if _, ok := env["LANG"]; !ok {
+		env["LANG"] = "C.UTF-8"
+	}
+	env["RLM_WORKDIR"] = a.workdir
+	if urls := a.toolURLs(); urls != nil {
+		for k, v := range urls {
+			env[k] = v
+		}
+	}
+	names := make([]string, 0, len(a.init.Tools))
+	for _, t := range a.init.Tools {
+		names = append(names, t.Name)
+	}
+	if b, err := json.Marshal(names); err == nil {
+		env["RLM_ROOT_TOOL_NAMES"] = string(b)
+	}
+	out := make([]string, 0, len(env))
+	for k, v := range env {
+		out = append(out, k+"="+v)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func (a *Agent) doPut(ctx context.Context, body io.Reader, args *protocol.PutArgs) (*protocol.Stats, error) {
+	// The upload runs while the worker starts: it needs no lock beyond
+	// reading the working directory's path.
+	a.mu.Lock()
+	inited := a.init != nil
+	a.mu.Unlock()
+	if !inited {
+		return nil, errors.New("put before init")
+	}
+	var lim rlmfs.Limits
+	if args != nil {
+		lim = rlmfs.Limits{MaxBytes: args.MaxBytes, MaxFiles: args.MaxFiles}
+	}
+	st, err := rlmfs.Unpack(ctx, body, a.workdir, lim)
+	if err != nil {
+		return nil, fmt.Errorf("put: %w", err)
+	}
+	return &protocol.Stats{Files: st.Files, Dirs: st.Dirs, Bytes: st.Bytes, Skipped: st.Skipped}, nil
+}
+
+func (a *Agent) doGet(ctx context.Context, w io.Writer) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.init == nil {
+		_ = protocol.WriteJSON(w, protocol.Reply{Error: "get before init"})
+		return
+	}
+	if err := protocol.WriteJSON(w, protocol.Reply{OK: true}); err != nil {
+		return
+	}
+	// Errors after the header show up as a truncated tar stream, which the
+	// runner's extractor reports.
+	if _, err := rlmfs.Pack(ctx, a.workdir, w); err != nil {
+		a.logger.Printf("get: %v", err)
+	}
+}
+
+// startWorker (re)starts the REPL worker; the caller holds no lock.
+func (a *Agent) startWorker(ctx context.Context, restart bool) (time.Duration, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.startWorkerLocked(ctx, restart)
+}
+
+func (a *Agent) startWorkerLocked(ctx context.Context, restart bool) (time.Duration, error) {
+	if a.init == nil {
+		return 0, errors.New("start before init")
+	}
+	if a.worker != nil {
+		if !restart {
+			return 0, errors.New("worker already started")
+		}
+		a.worker.Kill()
+		a.worker = nil
+	}
+	start := time.Now()
+	names := make([]string, len(a.init.Tools))
+	for i, t := range a.init.Tools {
+		names[i] = t.Name
+	}
+	cfg := worker.Config{
+		Workdir:    a.workdir,
+		Env:        a.env,
+		FSMetadata: worker.FSMetadata{FileCount: a.init.FSFiles, TotalSize: a.init.FSBytes},
+		ToolNames:  names,
+	}
+	sc := a.spawnConfig(a.init.Language, a.init.Python)
+	var w *worker.Worker
+	if a.spawned != nil {
+		w = <-a.spawned
+		a.spawned = nil
+	}
+	if w != nil && w.Spawned() != sc {
+		w.Kill() // spawned for another language or interpreter
+		w = nil
+	}
+	var err error
+	if w != nil {
+		if err = w.Configure(ctx, cfg); err != nil {
+			w.Kill()
+		}
+	} else {
+		w, err = worker.Start(ctx, sc, cfg)
+	}
+	if err != nil {
+		return 0, err
+	}
+	a.worker = w
+	return time.Since(start), nil
+}
+
+func (a *Agent) spawnConfig(lang, python string) worker.SpawnConfig {
+	return worker.SpawnConfig{Language: lang, Python: python, StateDir: filepath.Join(a.private, "worker")}
+}
+
+func (a *Agent) doExec(cctx context.Context, req protocol.Request) (*protocol.ExecReply, error) {
+	if req.Exec == nil {
+		return nil, errors.New("exec: no arguments")
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.worker == nil {
+		return nil, errors.New("exec before start")
+	}
+	rep, err := a.worker.Exec(cctx, worker.ExecOptions{
+		Seq:            req.Seq,
+		Code:           req.Exec.Code,
+		Timeout:        time.Duration(req.Exec.TimeoutMS) * time.Millisecond,
+		MaxOutputBytes: req.Exec.MaxOutputBytes,
+	})
+	if err != nil {
+		// The cell was interrupted: the worker is in an unknown state.
+		a.worker.Kill()
+		a.worker = nil
+		return nil, fmt.Errorf("exec: %w", err)
+	}
+	if rep.Status == protocol.StatusTimeout || rep.Status == protocol.StatusCrashed {
+		a.worker.Kill()
+		a.worker = nil
+		if req.Exec.RestartOnFailure {
+			// The cell's context may be done; the restart gets its own.
+			if _, err := a.startWorkerLocked(context.WithoutCancel(cctx), false); err != nil {
+				rep.RestartError = err.Error()
+			} else {
+				rep.Restarted = true
+			}
+		}
+	}
+	return &rep, nil
+}
+
+func (a *Agent) doAnswer(ctx context.Context) (*protocol.Answer, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.worker == nil {
+		return nil, errors.New("no worker running")
+	}
+	ans, err := a.worker.Answer(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &ans, nil
+}
+
+// cleanup kills the worker and removes the agent's directories; it is safe
+// to call more than once.
+func (a *Agent) cleanup() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.spawned != nil {
+		if w := <-a.spawned; w != nil {
+			w.Kill()
+		}
+		a.spawned = nil
+	}
+	if a.worker != nil {
+		a.worker.Kill()
+		a.worker = nil
+	}
+	if a.private != "" {
+		_ = os.RemoveAll(a.private)
+	}
+	if a.tunnel != nil {
+		a.tunnel.Close()
+		a.tunnel = nil
+	}
+	if a.init != nil {
+		_ = os.RemoveAll(a.state)
+		_ = os.RemoveAll(a.workdir)
+		// The root is removed when nothing else lives there.
+		_ = os.Remove(a.init.Root)
+	}
+}
+
+// StdioConn joins stdin and stdout into the agent's connection.
+type StdioConn struct {
+	In  io.ReadCloser
+	Out io.WriteCloser
+}
+
+func (c StdioConn) Read(p []byte) (int, error)  { return c.In.Read(p) }
+func (c StdioConn) Write(p []byte) (int, error) { return c.Out.Write(p) }
+
+// Close closes both halves.
+func (c StdioConn) Close() error {
+	err1 := c.In.Close()
+	err2 := c.Out.Close()
+	if err1 != nil {
+		return err1
+	}
+	return err2
+}

@@ -1,0 +1,91 @@
+// Package procs owns child processes: it waits for them exactly once, stops
+// them politely then by force, and keeps the tail of what they print.
+package procs
+
+import (
+	"context"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Proc is a started command whose end is observed by one goroutine.
+type Proc struct {
+	cmd    *exec.Cmd
+	exited chan struct{}
+	err    error
+}
+
+// Watch takes ownership of a started command.
+func Watch(cmd *exec.Cmd) *Proc {
+	p := &Proc{cmd: cmd, exited: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.exited)
+	}()
+	return p
+}
+
+// Exited is closed when the process has ended.
+func (p *Proc) Exited() <-chan struct{} { return p.exited }
+
+// Err is the process's exit error, valid after Exited.
+func (p *Proc) Err() error { return p.err }
+
+// Stop waits up to grace for the process to exit by itself, then kills its
+// process group and waits.
+func (p *Proc) Stop(ctx context.Context, grace time.Duration) error {
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case <-p.exited:
+		return nil
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	p.Kill()
+	<-p.exited
+	return nil
+}
+
+// Kill sends SIGKILL to the process group (or the process).
+func (p *Proc) Kill() {
+	if p.cmd.Process == nil {
+		return
+	}
+	pid := p.cmd.Process.Pid
+	if p.cmd.SysProcAttr != nil && p.cmd.SysProcAttr.Setpgid {
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
+	}
+	_ = p.cmd.Process.Kill()
+}
+
+// Tail keeps the last n bytes written to it.
+type Tail struct {
+	mu  sync.Mutex
+	n   int
+	buf []byte
+}
+
+// NewTail returns a Tail keeping n bytes.
+func NewTail(n int) *Tail { return &Tail{n: n} }
+
+// Write keeps the end of p.
+func (t *Tail) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf = append(t.buf, p...)
+	if len(t.buf) > t.n {
+		t.buf = append([]byte(nil), t.buf[len(t.buf)-t.n:]...)
+	}
+	return len(p), nil
+}
+
+// String returns what was kept, trimmed.
+func (t *Tail) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return strings.TrimSpace(string(t.buf))
+}

@@ -1,0 +1,640 @@
+// Package worker runs the persistent REPL processes the agent owns: one real
+// `bash --noprofile --norc` without a PTY, or the embedded Python worker. Each
+// cell's stdout and stderr are read from their own pipes, cut at end markers
+// and capped while reading; a side channel carries the cell's status and the
+// REPL's answer.
+package worker
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	_ "embed"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/rlmrun/rlmrun/backends/protocol"
+)
+
+//go:embed python_worker.py
+var pythonWorker []byte
+
+// SpawnConfig says which worker process to start. The process starts before
+// the rollout's working directory is known (the agent spawns it as soon as it
+// runs, so the interpreter's start-up overlaps the agent's), with a minimal
+// environment; Configure then gives it its real directory and environment.
+type SpawnConfig struct {
+	Language string // bash | python
+	Python   string // interpreter for the Python worker
+	// StateDir holds the worker's own files (the Bash cell file).
+	StateDir string
+}
+
+// Config is what Configure gives a spawned worker.
+type Config struct {
+	Workdir string   // the REPL's working directory
+	Env     []string // the worker's whole environment
+	// FSMetadata is exposed to Python as fs_metadata.
+	FSMetadata FSMetadata
+	// ToolNames are the root tools the Python worker defines as functions.
+	ToolNames []string
+}
+
+// FSMetadata summarises the working directory when the worker starts.
+type FSMetadata struct {
+	FileCount int
+	TotalSize int64
+}
+
+// Worker is one running REPL process.
+type Worker struct {
+	spawn    SpawnConfig
+	cmd      *exec.Cmd
+	marker   []byte
+	stdout   *splitter
+	stderr   *splitter
+	control  io.WriteCloser // bash: its stdin; python: the request pipe
+	cellFile *os.File       // bash: the file cells are written to
+	status   chan statusMsg
+	exited   chan struct{}
+	waitErr  error
+	killed   sync.Once
+	closers  []io.Closer
+}
+
+// statusMsg is what the side channel says after a cell.
+type statusMsg struct {
+	Seq            int
+	Status         string
+	ExitCode       int
+	Error          *string
+	Result         *string
+	ExecutionCount int
+	Answer         *protocol.Answer
+	Ready          bool
+}
+
+// ErrExited is returned when the worker is gone.
+var ErrExited = errors.New("worker exited")
+
+// spawnEnv is the worker's environment until Configure replaces it.
+var spawnEnv = []string{"PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8"}
+
+// Start spawns and configures a worker and waits until it answers.
+func Start(ctx context.Context, sc SpawnConfig, cfg Config) (*Worker, error) {
+	w, err := Spawn(sc)
+	if err != nil {
+		return nil, err
+	}
+	if err := w.Configure(ctx, cfg); err != nil {
+		w.Kill()
+		return nil, err
+	}
+	return w, nil
+}
+
+// Spawn starts the worker process without waiting for it.
+func Spawn(sc SpawnConfig) (*Worker, error) {
+	nonce := make([]byte, 16)
+	if _, err := rand.Read(nonce); err != nil {
+		return nil, err
+	}
+	w := &Worker{spawn: sc, marker: []byte("\x1erlm-end-" + hex.EncodeToString(nonce) + "\x1e"), status: make(chan statusMsg, 4), exited: make(chan struct{})}
+	if err := os.MkdirAll(sc.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("worker state dir: %w", err)
+	}
+	var err error
+	switch sc.Language {
+	case "bash":
+		err = w.spawnBash()
+	case "python":
+		err = w.spawnPython()
+	default:
+		err = fmt.Errorf("unknown REPL language %q", sc.Language)
+	}
+	if err != nil {
+		w.Kill()
+		return nil, err
+	}
+	return w, nil
+}
+
+// Spawned is how the worker was spawned.
+func (w *Worker) Spawned() SpawnConfig { return w.spawn }
+
+// Configure gives the worker its working directory and environment and waits
+// until it is ready for cells.
+func (w *Worker) Configure(ctx context.Context, cfg Config) error {
+	var err error
+	if w.spawn.Language == "bash" {
+		err = w.configureBash(cfg)
+	} else {
+		err = w.configurePython(cfg)
+	}
+	if err != nil {
+		select {
+		case <-w.exited:
+		case <-time.After(200 * time.Millisecond):
+			return fmt.Errorf("configure %s worker: %w", w.spawn.Language, err)
+		}
+	}
+	return w.waitReady(ctx)
+}
+
+func (w *Worker) launch(argv []string, stdin *os.File, extra []*os.File) (stdout, stderr *os.File, err error) {
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		outR.Close()
+		outW.Close()
+		return nil, nil, err
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Dir = "/"
+	cmd.Env = spawnEnv
+	cmd.Stdin = stdin
+	cmd.Stdout = outW
+	cmd.Stderr = errW
+	cmd.ExtraFiles = extra
+	// Its own process group, so everything a cell starts dies with it; and it
+	// dies if the agent does.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		outR.Close()
+		outW.Close()
+		errR.Close()
+		errW.Close()
+		return nil, nil, fmt.Errorf("start %s worker (%s): %w", w.spawn.Language, argv[0], err)
+	}
+	outW.Close()
+	errW.Close()
+	w.cmd = cmd
+	go func() {
+		w.waitErr = cmd.Wait()
+		close(w.exited)
+	}()
+	return outR, errR, nil
+}
+
+func (w *Worker) spawnBash() error {
+	stdinR, stdinW, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	statusR, statusW, err := os.Pipe()
+	if err != nil {
+		stdinR.Close()
+		stdinW.Close()
+		return err
+	}
+	out, errp, err := w.launch([]string{"bash", "--noprofile", "--norc"}, stdinR, []*os.File{statusW})
+	stdinR.Close()
+	statusW.Close()
+	if err != nil {
+		stdinW.Close()
+		statusR.Close()
+		return err
+	}
+	w.control = stdinW
+	w.stdout = newSplitter(out, w.marker)
+	w.stderr = newSplitter(errp, w.marker)
+	w.closers = append(w.closers, out, errp, statusR)
+	go w.readBashStatus(statusR)
+	cell := filepath.Join(w.spawn.StateDir, "cell")
+	cf, err := os.OpenFile(cell, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("create cell file: %w", err)
+	}
+	w.cellFile = cf
+	w.closers = append(w.closers, cf)
+	// The shell keeps private copies of its output pipes (91, 92) and the
+	// status pipe (93), so a cell that redirects or closes 1, 2 or 3 cannot
+	// lose the end markers. Fd 90 is /dev/null, the cells' stdin; fd 95 stays
+	// open on the cell file, which the agent rewrites before every cell.
+	//
+	// `source` parses the whole cell before running it, so an unclosed quote
+	// or heredoc is an error, not a hang, and reading it through /dev/fd/95
+	// keeps line numbers in bash's messages relative to the cell. The driver
+	// sits in a variable and is eval'ed at top level (a function would make
+	// the cell's `declare`s local), because bash reads its stdin a byte at a
+	// time: the line sent per cell must stay short.
+	driver := "builtin source /dev/fd/95 <&90; " + bashEndOfCell()
+	init := fmt.Sprintf("__rlm_mark=%s\n__rlm_d=%s\nexec 90</dev/null 91>&1 92>&2 93>&3 3>&- 95<%s\n",
+		bashQuoteBytes(w.marker), shellQuote(driver), shellQuote(cell))
+	_, err = io.WriteString(stdinW, init)
+	return err
+}
+
+// configureBash exports the environment (nothing else was exported: the
+// shell started with only PATH and LANG, both of which the environment
+// sets), moves to the working directory and reports ready.
+func (w *Worker) configureBash(cfg Config) error {
+	var b strings.Builder
+	for _, kv := range cfg.Env {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || !validName(k) {
+			continue
+		}
+		fmt.Fprintf(&b, "export %s=%s\n", k, shellQuote(v))
+	}
+	fmt.Fprintf(&b, "cd -- %s || exit 97\n__rlm_n=0; %s\n", shellQuote(cfg.Workdir), bashEndOfCell())
+	_, err := io.WriteString(w.control, b.String())
+	return err
+}
+
+func validName(k string) bool {
+	if k == "" {
+		return false
+	}
+	for i, c := range k {
+		if !(c == '_' || c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || i > 0 && c >= '0' && c <= '9') {
+			return false
+		}
+	}
+	return true
+}
+
+// bashEndOfCell writes the markers and the status record of cell $__rlm_n.
+func bashEndOfCell() string {
+	return "__rlm_s=$?; builtin printf '%s' \"$__rlm_mark\" >&91; builtin printf '%s' \"$__rlm_mark\" >&92; " +
+		"builtin printf '%s\\0%s\\0%s\\0%s\\0' \"$__rlm_n\" \"$__rlm_s\" \"${RLM_READY-}\" \"${RLM_CONTENT-}\" >&93"
+}
+
+func (w *Worker) readBashStatus(r io.Reader) {
+	br := bufio.NewReader(r)
+	for {
+		var f [4]string
+		for i := range f {
+			s, err := br.ReadString(0)
+			if err != nil {
+				return
+			}
+			f[i] = strings.TrimSuffix(s, "\x00")
+		}
+		seq, _ := strconv.Atoi(f[0])
+		code, _ := strconv.Atoi(f[1])
+		ans := protocol.Answer{Ready: bashTruthy(f[2]), Content: f[3]}
+		w.status <- statusMsg{Seq: seq, Status: protocol.StatusOK, ExitCode: code, Answer: &ans, Ready: seq == 0}
+	}
+}
+
+// bashTruthy follows the reference: RLM_READY set to 1/true/yes/y/on.
+func bashTruthy(v string) bool {
+	switch strings.ToLower(strings.TrimSpace(v)) {
+	case "1", "true", "yes", "y", "on":
+		return true
+	}
+	return false
+}
+
+func (w *Worker) spawnPython() error {
+	reqR, reqW, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	repR, repW, err := os.Pipe()
+	if err != nil {
+		reqR.Close()
+		reqW.Close()
+		return err
+	}
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		return err
+	}
+	// The worker travels as -c: no file to write, and sys.path[0] is the
+	// working directory, so the model can import its own modules.
+	out, errp, err := w.launch([]string{w.spawn.Python, "-u", "-B", "-c", string(pythonWorker)}, devnull, []*os.File{reqR, repW})
+	devnull.Close()
+	reqR.Close()
+	repW.Close()
+	if err != nil {
+		reqW.Close()
+		repR.Close()
+		return err
+	}
+	w.control = reqW
+	w.stdout = newSplitter(out, w.marker)
+	w.stderr = newSplitter(errp, w.marker)
+	w.closers = append(w.closers, out, errp, repR)
+	go w.readPythonStatus(repR)
+	return nil
+}
+
+// configurePython sends the configuration request: NUL-separated fields
+// (marker, working directory, file count, total size, tool names joined by
+// spaces, then the environment's KEY=VALUE entries).
+func (w *Worker) configurePython(cfg Config) error {
+	fields := []string{string(w.marker), cfg.Workdir, strconv.Itoa(cfg.FSMetadata.FileCount), strconv.FormatInt(cfg.FSMetadata.TotalSize, 10), strings.Join(cfg.ToolNames, " ")}
+	fields = append(fields, cfg.Env...)
+	payload := strings.Join(fields, "\x00")
+	_, err := io.WriteString(w.control, fmt.Sprintf("c 0 %d\n%s", len(payload), payload))
+	return err
+}
+
+// readPythonStatus parses the Python worker's replies: "R PID" once it is
+// ready, then per request a header line of numbers followed by the error,
+// result and answer-content fields, whose lengths the header gives.
+func (w *Worker) readPythonStatus(r io.Reader) {
+	br := bufio.NewReaderSize(r, 64<<10)
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			return
+		}
+		f := strings.Fields(line)
+		if len(f) == 2 && f[0] == "R" {
+			w.status <- statusMsg{Ready: true}
+			continue
+		}
+		if len(f) != 8 {
+			return // not the worker speaking: treat as a dead channel
+		}
+		n := make([]int, 8)
+		for i, x := range f {
+			if i == 1 {
+				continue
+			}
+			n[i], _ = strconv.Atoi(x)
+		}
+		fields := make([]string, 3)
+		for i, size := range []int{n[4], n[5], n[7]} {
+			buf := make([]byte, size)
+			if _, err := io.ReadFull(br, buf); err != nil {
+				return
+			}
+			fields[i] = string(buf)
+		}
+		m := statusMsg{Seq: n[0], Status: f[1], ExecutionCount: n[2], Answer: &protocol.Answer{Ready: n[3] == 1, Content: fields[2]}}
+		if n[4] > 0 {
+			m.Error = &fields[0]
+		}
+		if n[6] == 1 {
+			m.Result = &fields[1]
+		}
+		w.status <- m
+	}
+}
+
+// waitReady waits for the worker's first status record and end markers.
+func (w *Worker) waitReady(ctx context.Context) error {
+	st, _, errOut, err := w.collect(ctx, nil)
+	if err != nil {
+		if errors.Is(err, ErrExited) {
+			return fmt.Errorf("%s worker exited while starting (%s)%s", w.spawn.Language, w.exitDescription(), quoteTail(errOut.data))
+		}
+		return err
+	}
+	if !st.Ready {
+		return fmt.Errorf("%s worker sent %+v instead of its ready signal", w.spawn.Language, st)
+	}
+	return nil
+}
+
+func quoteTail(b []byte) string {
+	s := strings.TrimSpace(string(b))
+	if s == "" {
+		return ""
+	}
+	if len(s) > 2000 {
+		s = "..." + s[len(s)-2000:]
+	}
+	return ": " + s
+}
+
+// collect waits for one status record and both output segments. A nil timer
+// waits without a deadline.
+func (w *Worker) collect(ctx context.Context, timer <-chan time.Time) (statusMsg, segment, segment, error) {
+	var (
+		st             statusMsg
+		out, errs      segment
+		haveSt         bool
+		haveOut, haveE bool
+	)
+	for !(haveSt && haveOut && haveE) {
+		select {
+		case st = <-w.status:
+			haveSt = true
+		case out = <-w.stdout.segs:
+			haveOut = true
+		case errs = <-w.stderr.segs:
+			haveE = true
+		case <-w.exited:
+			// Background jobs of the dead shell could hold the pipes open.
+			w.signalGroup()
+			// Give the pipes a moment to deliver what the process wrote.
+			w.settle()
+			if !haveOut {
+				out = w.stdout.partial()
+			}
+			if !haveE {
+				errs = w.stderr.partial()
+			}
+			return st, out, errs, ErrExited
+		case <-timer:
+			return st, out, errs, context.DeadlineExceeded
+		case <-ctx.Done():
+			return st, out, errs, ctx.Err()
+		}
+	}
+	return st, out, errs, nil
+}
+
+// settle waits briefly for the output readers to reach end of file.
+func (w *Worker) settle() {
+	t := time.NewTimer(200 * time.Millisecond)
+	defer t.Stop()
+	for _, s := range []*splitter{w.stdout, w.stderr} {
+		if s == nil {
+			continue
+		}
+		select {
+		case <-s.done:
+		case <-t.C:
+			return
+		}
+	}
+}
+
+// ExecOptions describe one cell.
+type ExecOptions struct {
+	Seq            int
+	Code           string
+	Timeout        time.Duration
+	MaxOutputBytes int
+	answerOnly     bool // Python: report the answer without running a cell
+}
+
+// Exec runs one cell. A timeout or a crash kills the worker (and everything
+// the cell started) and is reported in the reply's Status; the caller then
+// starts a new worker. An error means the context ended or the worker could
+// not be talked to.
+func (w *Worker) Exec(ctx context.Context, o ExecOptions) (protocol.ExecReply, error) {
+	var rep protocol.ExecReply
+	select {
+	case <-w.exited:
+		return rep, ErrExited
+	default:
+	}
+	limit := o.MaxOutputBytes
+	if limit <= 0 {
+		limit = 1 << 20
+	}
+	w.stdout.setLimit(limit)
+	w.stderr.setLimit(limit)
+	start := time.Now()
+	if err := w.send(o); err != nil {
+		// A dead worker shows as a broken pipe; report it as a crash.
+		select {
+		case <-w.exited:
+		case <-time.After(200 * time.Millisecond):
+			return rep, fmt.Errorf("send cell to worker: %w", err)
+		}
+	}
+	var timer <-chan time.Time
+	if o.Timeout > 0 {
+		t := time.NewTimer(o.Timeout)
+		defer t.Stop()
+		timer = t.C
+	}
+	st, out, errs, err := w.collect(ctx, timer)
+	rep.DurationMS = float64(time.Since(start).Microseconds()) / 1000
+	rep.Stdout, rep.StdoutBytes = string(out.data), out.total
+	rep.Stderr, rep.StderrBytes = string(errs.data), errs.total
+	switch {
+	case errors.Is(err, ErrExited):
+		rep.Status = protocol.StatusCrashed
+		rep.ExitCode, rep.Signal = w.exitStatus()
+		return rep, nil
+	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
+		w.Kill()
+		rep.Status = protocol.StatusTimeout
+		rep.Stdout, rep.Stderr = "", ""
+		return rep, nil
+	case err != nil:
+		w.Kill()
+		return rep, err
+	}
+	rep.Seq = st.Seq
+	rep.Status = st.Status
+	if rep.Status == "" {
+		rep.Status = protocol.StatusOK
+	}
+	rep.ExitCode = st.ExitCode
+	if st.Error != nil {
+		rep.Error = *st.Error
+	}
+	rep.Result = st.Result
+	rep.ExecutionCount = st.ExecutionCount
+	if st.Answer != nil {
+		rep.Answer = *st.Answer
+	}
+	return rep, nil
+}
+
+func (w *Worker) send(o ExecOptions) error {
+	switch w.spawn.Language {
+	case "bash":
+		// Rewritten in place: bash reopens it through /dev/fd/95.
+		if err := w.cellFile.Truncate(0); err != nil {
+			return fmt.Errorf("write cell: %w", err)
+		}
+		if _, err := w.cellFile.WriteAt([]byte(o.Code), 0); err != nil {
+			return fmt.Errorf("write cell: %w", err)
+		}
+		_, err := io.WriteString(w.control, "__rlm_n="+strconv.Itoa(o.Seq)+"; builtin eval \"$__rlm_d\"\n")
+		return err
+	default:
+		op, code := "x", o.Code
+		if o.answerOnly {
+			op, code = "a", ""
+		}
+		_, err := io.WriteString(w.control, fmt.Sprintf("%s %d %d\n%s", op, o.Seq, len(code), code))
+		return err
+	}
+}
+
+// Answer asks the REPL for its answer.
+func (w *Worker) Answer(ctx context.Context) (protocol.Answer, error) {
+	// Bash reports RLM_READY/RLM_CONTENT after every cell, so an empty cell
+	// (":") reads them; Python answers a request of its own, which does not
+	// count as a cell.
+	rep, err := w.Exec(ctx, ExecOptions{Seq: -1, Code: ":", Timeout: 10 * time.Second, MaxOutputBytes: 1, answerOnly: w.spawn.Language == "python"})
+	if err != nil {
+		return protocol.Answer{}, err
+	}
+	if rep.Status == protocol.StatusTimeout || rep.Status == protocol.StatusCrashed {
+		return protocol.Answer{}, fmt.Errorf("read answer: worker %s", rep.Status)
+	}
+	return rep.Answer, nil
+}
+
+func (w *Worker) signalGroup() {
+	if w.cmd != nil && w.cmd.Process != nil {
+		_ = syscall.Kill(-w.cmd.Process.Pid, syscall.SIGKILL)
+	}
+}
+
+// Kill ends the worker and its whole process group, and closes its pipes.
+func (w *Worker) Kill() {
+	w.killed.Do(func() {
+		if w.cmd != nil && w.cmd.Process != nil {
+			w.signalGroup()
+			<-w.exited
+		}
+		if w.control != nil {
+			w.control.Close()
+		}
+		for _, c := range w.closers {
+			c.Close()
+		}
+	})
+}
+
+// Exited is closed when the worker process has ended.
+func (w *Worker) Exited() <-chan struct{} { return w.exited }
+
+func (w *Worker) exitStatus() (int, string) {
+	var ee *exec.ExitError
+	if errors.As(w.waitErr, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			return -1, ws.Signal().String()
+		}
+		return ee.ExitCode(), ""
+	}
+	return 0, ""
+}
+
+func (w *Worker) exitDescription() string {
+	code, sig := w.exitStatus()
+	if sig != "" {
+		return "killed by signal: " + sig
+	}
+	return "exit status " + strconv.Itoa(code)
+}
+
+func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+
+// bashQuoteBytes writes b as a $'...' string.
+func bashQuoteBytes(b []byte) string {
+	var sb strings.Builder
+	sb.WriteString("$'")
+	for _, c := range b {
+		fmt.Fprintf(&sb, "\\x%02x", c)
+	}
+	sb.WriteString("'")
+	return sb.String()
+}

@@ -1,0 +1,251 @@
+package fs
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/rlmrun/rlmrun/schema"
+)
+
+func write(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// tree lists a directory as "path:content" (files) and "path/" (dirs).
+func tree(t *testing.T, dir string) string {
+	t.Helper()
+	var out []string
+	_ = filepath.Walk(dir, func(p string, info os.FileInfo, err error) error {
+		if err != nil || p == dir {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		if info.IsDir() {
+			out = append(out, rel+"/")
+		} else {
+			b, _ := os.ReadFile(p)
+			out = append(out, rel+":"+string(b))
+		}
+		return nil
+	})
+	sort.Strings(out)
+	return strings.Join(out, " ")
+}
+
+func TestStagingMutationsInOrder(t *testing.T) {
+	spec := t.TempDir()
+	write(t, filepath.Join(spec, "ctx", "a.txt"), "A")
+	write(t, filepath.Join(spec, "ctx", "sub", "b.txt"), "B")
+	write(t, filepath.Join(spec, "data", "big.csv"), "1,2")
+	st, err := New(Options{Dir: filepath.Join(t.TempDir(), "stage"), MaxBytes: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.CopyContextDir(filepath.Join(spec, "ctx")); err != nil {
+		t.Fatal(err)
+	}
+	muts := []schema.Mutation{
+		{Write: &schema.WriteOp{Path: "notes/n.txt", Content: "note", Mode: "0600"}},
+		{Mkdir: &schema.MkdirOp{Path: "out"}},
+		{Copy: &schema.CopyOp{From: "data/big.csv", To: "big.csv"}},
+		{Copy: &schema.CopyOp{From: "data", To: "copied"}},
+		{Remove: &schema.RemoveOp{Path: "sub"}},
+		{Chmod: &schema.ChmodOp{Path: "big.csv", Mode: "0640"}},
+	}
+	for _, m := range muts {
+		if err := st.Apply(m, spec); err != nil {
+			t.Fatalf("%+v: %v", m, err)
+		}
+	}
+	if got, want := tree(t, st.Dir()), "a.txt:A big.csv:1,2 copied/ copied/big.csv:1,2 notes/ notes/n.txt:note out/"; got != want {
+		t.Fatalf("tree = %s\nwant   %s", got, want)
+	}
+	for path, mode := range map[string]os.FileMode{"notes/n.txt": 0o600, "big.csv": 0o640, "out": 0o755} {
+		fi, err := os.Stat(filepath.Join(st.Dir(), path))
+		if err != nil || fi.Mode().Perm() != mode {
+			t.Errorf("%s mode = %v, want %v (%v)", path, fi.Mode().Perm(), mode, err)
+		}
+	}
+	m, err := Measure(st.Dir())
+	if err != nil || m.FileCount != 4 || m.TotalSize != int64(len("A1,21,2note")) {
+		t.Errorf("Measure = %+v %v", m, err)
+	}
+	st.Freeze()
+	if err := st.Apply(schema.Mutation{Mkdir: &schema.MkdirOp{Path: "late"}}, spec); !errors.Is(err, ErrFrozen) {
+		t.Errorf("mutation after freeze: %v", err)
+	}
+}
+
+func TestStagingRefusals(t *testing.T) {
+	spec := t.TempDir()
+	write(t, filepath.Join(spec, "ctx", "a.txt"), strings.Repeat("x", 100))
+	if err := os.MkdirAll(filepath.Join(spec, "withlink"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/etc/passwd", filepath.Join(spec, "withlink", "l")); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name string
+		run  func(st *Staging) error
+		want string
+	}{
+		{"byte cap", func(st *Staging) error { return st.CopyContextDir(filepath.Join(spec, "ctx")) }, "more than copy_max_bytes (50 bytes)"},
+		{"symlink in context", func(st *Staging) error { return st.CopyContextDir(filepath.Join(spec, "withlink")) }, "contains a symlink (l)"},
+		{"escape", func(st *Staging) error {
+			return st.Apply(schema.Mutation{Write: &schema.WriteOp{Path: "../x", Content: "x"}}, spec)
+		}, "leaves the working directory"},
+		{"remove missing", func(st *Staging) error {
+			return st.Apply(schema.Mutation{Remove: &schema.RemoveOp{Path: "nothing"}}, spec)
+		}, "nothing there to remove"},
+		{"through a symlink", func(st *Staging) error {
+			if err := os.Symlink("/tmp", filepath.Join(st.Dir(), "out")); err != nil {
+				return err
+			}
+			return st.Apply(schema.Mutation{Write: &schema.WriteOp{Path: "out/x", Content: "x"}}, spec)
+		}, "goes through a symlink"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			st, err := New(Options{Dir: filepath.Join(t.TempDir(), "s"), MaxBytes: 50})
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = tc.run(st)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want %q", err, tc.want)
+			}
+			if tc.name == "byte cap" && tree(t, st.Dir()) != "" {
+				t.Error("a refused copy left files behind")
+			}
+		})
+	}
+}
+
+func TestContextData(t *testing.T) {
+	for _, tc := range []struct {
+		data any
+		file string
+		want string
+	}{
+		{"plain text", "context.txt", "plain text"},
+		{map[string]any{"k": []any{1.0, "x"}}, "context.json", `{"k":[1,"x"]}`},
+	} {
+		st, _ := New(Options{Dir: t.TempDir()})
+		if err := st.WriteContext(tc.data); err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(filepath.Join(st.Dir(), tc.file))
+		if err != nil || string(b) != tc.want {
+			t.Errorf("%s = %q, %v", tc.file, b, err)
+		}
+	}
+}
+
+func TestPackUnpackRoundTrip(t *testing.T) {
+	src := t.TempDir()
+	write(t, filepath.Join(src, "a.txt"), "A")
+	write(t, filepath.Join(src, "d", "e", "b.txt"), "B")
+	if err := os.Symlink("a.txt", filepath.Join(src, "link")); err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	st, err := Pack(context.Background(), src, &buf)
+	if err != nil || st.Files != 2 || len(st.Skipped) != 1 || st.Skipped[0] != "link" {
+		t.Fatalf("Pack = %+v, %v", st, err)
+	}
+	dst := t.TempDir()
+	if _, err := Unpack(context.Background(), &buf, dst, Limits{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := tree(t, dst); got != "a.txt:A d/ d/e/ d/e/b.txt:B" {
+		t.Fatalf("round trip = %s", got)
+	}
+}
+
+// archive builds a tar stream from entries.
+func archive(t *testing.T, entries ...tar.Header) *bytes.Buffer {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, h := range entries {
+		h := h
+		body := strings.Repeat("x", int(h.Size))
+		if h.Mode == 0 {
+			h.Mode = 0o644
+		}
+		if err := tw.WriteHeader(&h); err != nil {
+			t.Fatal(err)
+		}
+		if h.Typeflag == tar.TypeReg {
+			if _, err := tw.Write([]byte(body)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return &buf
+}
+
+func TestUnpackIsSafe(t *testing.T) {
+	cases := []struct {
+		name    string
+		entries []tar.Header
+		lim     Limits
+		wantErr error
+		skipped []string
+	}{
+		{"dot-dot", []tar.Header{{Name: "../evil", Typeflag: tar.TypeReg, Size: 1}}, Limits{}, ErrUnsafePath, nil},
+		{"nested dot-dot", []tar.Header{{Name: "a/../../evil", Typeflag: tar.TypeReg, Size: 1}}, Limits{}, ErrUnsafePath, nil},
+		{"absolute", []tar.Header{{Name: "/etc/evil", Typeflag: tar.TypeReg, Size: 1}}, Limits{}, ErrUnsafePath, nil},
+		{"symlink then write through it", []tar.Header{
+			{Name: "link", Typeflag: tar.TypeSymlink, Linkname: "/etc"},
+			{Name: "link/passwd", Typeflag: tar.TypeReg, Size: 1},
+		}, Limits{}, nil, []string{"link"}},
+		{"device", []tar.Header{{Name: "dev", Typeflag: tar.TypeChar, Devmajor: 1, Devminor: 3}}, Limits{}, nil, []string{"dev"}},
+		{"hard link", []tar.Header{{Name: "hl", Typeflag: tar.TypeLink, Linkname: "/etc/shadow"}}, Limits{}, nil, []string{"hl"}},
+		{"byte limit", []tar.Header{{Name: "a", Typeflag: tar.TypeReg, Size: 10}, {Name: "b", Typeflag: tar.TypeReg, Size: 10}}, Limits{MaxBytes: 15}, ErrTooLarge, nil},
+		{"file limit", []tar.Header{{Name: "a", Typeflag: tar.TypeReg}, {Name: "b", Typeflag: tar.TypeReg}, {Name: "c", Typeflag: tar.TypeReg}}, Limits{MaxFiles: 2}, ErrTooLarge, nil},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			parent := t.TempDir()
+			dst := filepath.Join(parent, "dst")
+			if err := os.Mkdir(dst, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			st, err := Unpack(context.Background(), archive(t, tc.entries...), dst, tc.lim)
+			if !errors.Is(err, tc.wantErr) {
+				t.Fatalf("err = %v, want %v", err, tc.wantErr)
+			}
+			if strings.Join(st.Skipped, ",") != strings.Join(tc.skipped, ",") {
+				t.Errorf("skipped = %v, want %v", st.Skipped, tc.skipped)
+			}
+			// Nothing may appear outside dst, and no symlink inside it.
+			if entries, _ := os.ReadDir(parent); len(entries) != 1 {
+				t.Errorf("extraction wrote outside its directory: %v", entries)
+			}
+			_ = filepath.Walk(dst, func(p string, info os.FileInfo, err error) error {
+				if err == nil && info.Mode()&os.ModeSymlink != 0 {
+					t.Errorf("symlink %s was created", p)
+				}
+				return nil
+			})
+		})
+	}
+}

@@ -1,0 +1,210 @@
+package runner
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"github.com/rlmrun/rlmrun/backends"
+)
+
+// Rollout statuses.
+const (
+	StatusCompleted     = "completed"      // the answer became ready, or the script ended
+	StatusMaxIterations = "max_iterations" // max_iterations turns ran without a ready answer
+	StatusTimeout       = "timeout"        // a cell timed out with abort_on_code_timeout
+	StatusError         = "error"          // the rollout could not run to its end
+)
+
+// Result is one rollout's record in results.jsonl. Everything outside
+// Volatile repeats exactly between runs and backends for the same spec;
+// Volatile holds what depends on time or on the machine.
+type Result struct {
+	ID          string         `json:"id"`
+	Rollout     string         `json:"rollout"`
+	Repeat      int            `json:"repeat"`
+	Prompt      string         `json:"prompt,omitempty"`
+	Status      string         `json:"status"`
+	Answer      string         `json:"answer"`
+	AnswerReady bool           `json:"answer_ready"`
+	Reward      *float64       `json:"reward,omitempty"`
+	Rewards     []RewardScore  `json:"rewards,omitempty"`
+	Expect      []Expectation  `json:"expect,omitempty"`
+	Passed      bool           `json:"passed"`
+	Turns       []Turn         `json:"turns"`
+	Metrics     map[string]any `json:"metrics"`
+	Error       string         `json:"error,omitempty"`
+	Volatile    Volatile       `json:"volatile"`
+}
+
+// Turn is one REPL cell and what the model was shown.
+type Turn struct {
+	Code string `json:"code"`
+	// Output is the cell's output as shown to the model, without Python's
+	// execution-time line (in Volatile.TurnSeconds).
+	Output string `json:"output"`
+	// ExitCode is the Bash cell's exit status.
+	ExitCode *int `json:"exit_code,omitempty"`
+	// Event names what went wrong: timeout, crashed, desync.
+	Event string `json:"event,omitempty"`
+}
+
+// RewardScore is one reward function's verdict.
+type RewardScore struct {
+	Name   string  `json:"name"`
+	Weight float64 `json:"weight"`
+	Score  float64 `json:"score"`
+	Detail string  `json:"detail,omitempty"`
+}
+
+// Expectation compares what the spec expected with what happened.
+type Expectation struct {
+	Field    string `json:"field"`
+	Expected string `json:"expected"`
+	Got      string `json:"got"`
+	Met      bool   `json:"met"`
+}
+
+// Volatile holds the facts of a result that vary between runs.
+type Volatile struct {
+	RunID       string          `json:"run_id"`
+	StartedAt   time.Time       `json:"started_at"`
+	Seconds     float64         `json:"seconds"`
+	Facts       *backends.Facts `json:"backend,omitempty"`
+	Workdir     string          `json:"workdir,omitempty"`
+	RetainedDir string          `json:"retained_dir,omitempty"`
+	StageMS     float64         `json:"stage_ms"`
+	StartMS     float64         `json:"start_ms,omitempty"`
+	WorkerMS    float64         `json:"worker_start_ms,omitempty"`
+	UploadMS    float64         `json:"upload_ms,omitempty"`
+	DownloadMS  float64         `json:"download_ms,omitempty"`
+	TurnSeconds []float64       `json:"turn_seconds,omitempty"`
+	// ExecutionTimes are the lines the Python REPL appends to each output
+	// for the model ("[Execution time: 0.01s]"), index-aligned with turns.
+	ExecutionTimes []string       `json:"execution_times,omitempty"`
+	Metrics        map[string]any `json:"metrics,omitempty"`
+	Warnings       []string       `json:"warnings,omitempty"`
+}
+
+// resultsWriter appends records as rollouts finish, so an interrupted run
+// keeps what finished.
+type resultsWriter struct {
+	mu    sync.Mutex
+	files []*os.File
+}
+
+func newResultsWriter(paths ...string) (*resultsWriter, error) {
+	w := &resultsWriter{}
+	for _, p := range paths {
+		if p == "" {
+			continue
+		}
+		f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+		if err != nil {
+			w.Close()
+			return nil, fmt.Errorf("open results file: %w", err)
+		}
+		w.files = append(w.files, f)
+	}
+	return w, nil
+}
+
+func (w *resultsWriter) Write(r *Result) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	b = append(b, '\n')
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, f := range w.files {
+		if _, err := f.Write(b); err != nil {
+			return fmt.Errorf("write %s: %w", f.Name(), err)
+		}
+	}
+	return nil
+}
+
+func (w *resultsWriter) Close() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var first error
+	for _, f := range w.files {
+		if err := f.Close(); err != nil && first == nil {
+			first = err
+		}
+	}
+	w.files = nil
+	return first
+}
+
+// WriteSummary prints the summary table of a run.
+func WriteSummary(w io.Writer, rep *Report) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ROLLOUT\tSTATUS\tREWARD\tTURNS\tTIME\tANSWER\t")
+	for _, r := range rep.Results {
+		reward := "-"
+		if r.Reward != nil {
+			reward = fmt.Sprintf("%.3g", *r.Reward)
+		}
+		status := r.Status
+		if !r.Passed && r.Status != StatusError {
+			status += " (unexpected)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%.2fs\t%s\t\n", r.ID, status, reward, len(r.Turns), r.Volatile.Seconds, oneLine(r.Answer, 40))
+	}
+	tw.Flush()
+	counts := map[string]int{}
+	failed := 0
+	for _, r := range rep.Results {
+		counts[r.Status]++
+		if !r.Passed {
+			failed++
+		}
+	}
+	var parts []string
+	keys := make([]string, 0, len(counts))
+	for k := range counts {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		parts = append(parts, fmt.Sprintf("%d %s", counts[k], k))
+	}
+	line := fmt.Sprintf("%d rollout(s): %s", len(rep.Results), strings.Join(parts, ", "))
+	if failed > 0 {
+		line += fmt.Sprintf("; %d did not pass", failed)
+	}
+	if rep.NotStarted > 0 {
+		line += fmt.Sprintf("; %d not started", rep.NotStarted)
+	}
+	fmt.Fprintln(w, line)
+	for _, r := range rep.Results {
+		if r.Error != "" {
+			fmt.Fprintf(w, "  %s: %s\n", r.ID, r.Error)
+		}
+		for _, e := range r.Expect {
+			if !e.Met {
+				fmt.Fprintf(w, "  %s: expected %s %s, got %s\n", r.ID, e.Field, e.Expected, e.Got)
+			}
+		}
+	}
+	if rep.ResultsPath != "" {
+		fmt.Fprintf(w, "results: %s\n", rep.ResultsPath)
+	}
+}
+
+func oneLine(s string, max int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	r := []rune(s)
+	if len(r) > max {
+		return string(r[:max-1]) + "…"
+	}
+	return s
+}

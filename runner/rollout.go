@@ -1,0 +1,463 @@
+package runner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/rlmrun/rlmrun/backends"
+	"github.com/rlmrun/rlmrun/backends/client"
+	"github.com/rlmrun/rlmrun/backends/protocol"
+	rlmfs "github.com/rlmrun/rlmrun/fs"
+	"github.com/rlmrun/rlmrun/schema"
+)
+
+// cleanupTimeout bounds what a rollout does after its context ended:
+// shutting down its agent, syncing back, deleting its sandbox.
+const cleanupTimeout = 30 * time.Second
+
+// rollout is one rollout's life.
+type rollout struct {
+	r        *Runner
+	inst     schema.Instance
+	data     map[string]any // template data
+	root     string         // the rollout's directory as the agent sees it
+	staging  *rlmfs.Staging
+	sess     *client.Session
+	seq      int
+	res      *Result
+	answer   protocol.Answer // last answer the REPL reported
+	alive    bool            // a worker is running
+	replTime time.Duration
+}
+
+func (r *Runner) runRollout(ctx context.Context, inst schema.Instance) *Result {
+	start := time.Now()
+	ro := &rollout{
+		r:    r,
+		inst: inst,
+		data: schema.RolloutData(inst),
+		root: filepath.Join(r.runDir, inst.ID),
+		res: &Result{
+			ID:      inst.ID,
+			Rollout: inst.Rollout.ID,
+			Repeat:  inst.RepeatIndex,
+			Prompt:  inst.Rollout.Prompt,
+			Turns:   []Turn{},
+			Volatile: Volatile{
+				RunID:     r.opts.RunID,
+				StartedAt: start.UTC(),
+			},
+		},
+	}
+	ro.run(ctx)
+	ro.res.Volatile.Seconds = time.Since(start).Seconds()
+	ro.normalize()
+	return ro.res
+}
+
+func (ro *rollout) fail(format string, args ...any) {
+	if ro.res.Status == "" || ro.res.Status == StatusCompleted {
+		ro.res.Status = StatusError
+	}
+	msg := fmt.Sprintf(format, args...)
+	if ro.res.Error == "" {
+		ro.res.Error = msg
+	} else {
+		ro.res.Error += "; " + msg
+	}
+}
+
+func (ro *rollout) warn(format string, args ...any) {
+	ro.res.Volatile.Warnings = append(ro.res.Volatile.Warnings, fmt.Sprintf(format, args...))
+}
+
+func (ro *rollout) run(ctx context.Context) {
+	spec := ro.r.spec
+	t0 := time.Now()
+	if err := ro.stage(); err != nil {
+		ro.fail("stage: %v", err)
+		ro.finish()
+		return
+	}
+	ro.res.Volatile.StageMS = msSince(t0)
+
+	maxIter := spec.REPL.MaxIterations
+	turns := ro.inst.Rollout.Turns
+	for i, t := range turns {
+		if i >= maxIter {
+			break
+		}
+		if ctx.Err() != nil {
+			ro.fail("interrupted before turn %d", i)
+			break
+		}
+		code, err := schema.Render(fmt.Sprintf("rollouts[%d].turns[%d].code", ro.inst.Rollout.Index, i), t.Code, ro.data)
+		if err != nil {
+			ro.fail("turn %d: %v", i, err)
+			break
+		}
+		if ro.sess == nil {
+			if err := ro.startAgent(ctx); err != nil {
+				ro.fail("start: %v", err)
+				break
+			}
+		}
+		stop := ro.turn(ctx, code)
+		if stop {
+			break
+		}
+	}
+	if ro.res.Status == "" {
+		ro.res.Status = StatusCompleted
+		if !ro.answer.Ready && len(turns) >= maxIter {
+			ro.res.Status = StatusMaxIterations
+		}
+	}
+	ro.finish()
+}
+
+// stage builds the staging directory: context, then the spec's and the
+// rollout's mutations, in order.
+func (ro *rollout) stage() error {
+	spec := ro.r.spec
+	st, err := rlmfs.New(rlmfs.Options{Dir: filepath.Join(ro.r.runDir, ".staging", ro.inst.ID), MaxBytes: spec.Filesystem.CopyMaxBytes})
+	if err != nil {
+		return err
+	}
+	ro.staging = st
+	fsys := spec.Filesystem
+	if fsys.ContextDir != "" {
+		src := fsys.ContextDir
+		if !filepath.IsAbs(src) {
+			src = filepath.Join(spec.Dir, src)
+		}
+		if err := st.CopyContextDir(src); err != nil {
+			return err
+		}
+	} else if fsys.HasContext {
+		if err := st.WriteContext(fsys.Context); err != nil {
+			return err
+		}
+	}
+	for _, m := range append(append([]schema.Mutation{}, fsys.Mutations...), ro.inst.Rollout.Mutations...) {
+		rm, err := renderMutation(m, ro.data)
+		if err != nil {
+			return fmt.Errorf("%s: %w", m.Path, err)
+		}
+		if err := st.Apply(rm, spec.Dir); err != nil {
+			return fmt.Errorf("%s: %w", m.Path, err)
+		}
+	}
+	return nil
+}
+
+func renderMutation(m schema.Mutation, data map[string]any) (schema.Mutation, error) {
+	var firstErr error
+	r := func(s string) string {
+		out, err := schema.Render(m.Path, s, data)
+		if err != nil && firstErr == nil {
+			firstErr = err
+		}
+		return out
+	}
+	out := schema.Mutation{Path: m.Path}
+	switch {
+	case m.Write != nil:
+		out.Write = &schema.WriteOp{Path: r(m.Write.Path), Content: r(m.Write.Content), Mode: m.Write.Mode}
+	case m.Mkdir != nil:
+		out.Mkdir = &schema.MkdirOp{Path: r(m.Mkdir.Path), Mode: m.Mkdir.Mode}
+	case m.Copy != nil:
+		out.Copy = &schema.CopyOp{From: r(m.Copy.From), To: r(m.Copy.To)}
+	case m.Remove != nil:
+		out.Remove = &schema.RemoveOp{Path: r(m.Remove.Path)}
+	case m.Chmod != nil:
+		out.Chmod = &schema.ChmodOp{Path: r(m.Chmod.Path), Mode: m.Chmod.Mode}
+	}
+	return out, firstErr
+}
+
+// startAgent is the deferred setup: freeze the staging directory, get an
+// agent from the backend, upload the directory and start the worker.
+func (ro *rollout) startAgent(ctx context.Context) error {
+	spec := ro.r.spec
+	ro.staging.Freeze()
+	t0 := time.Now()
+	sctx, cancel := context.WithTimeout(ctx, spec.REPL.StartupTimeout.Duration)
+	defer cancel()
+	sess, facts, err := ro.r.opts.Backend.Start(sctx, backends.StartRequest{
+		RunID:          ro.r.opts.RunID,
+		RolloutID:      ro.inst.ID,
+		Root:           ro.root,
+		Language:       spec.REPL.Language,
+		Python:         spec.REPL.Python,
+		Sandbox:        spec.Backend.Sandbox,
+		StartupTimeout: spec.REPL.StartupTimeout.Duration,
+	})
+	if err != nil {
+		return startErr(sctx, ctx, spec.REPL.StartupTimeout.Duration, err)
+	}
+	ro.sess = sess
+	ro.res.Volatile.Facts = facts
+	ro.res.Volatile.StartMS = msSince(t0)
+	ro.res.Volatile.Workdir = filepath.Join(ro.root, "work")
+	meta, err := rlmfs.Measure(ro.staging.Dir())
+	if err != nil {
+		return err
+	}
+	args := ro.initArgs()
+	args.FSFiles, args.FSBytes = meta.FileCount, meta.TotalSize
+	if err := sess.Init(sctx, args); err != nil {
+		return startErr(sctx, ctx, spec.REPL.StartupTimeout.Duration, err)
+	}
+	// The upload and the worker's start-up run side by side.
+	upload := make(chan error, 1)
+	go func() {
+		t1 := time.Now()
+		_, err := sess.Put(sctx, ro.staging.Dir(), protocol.PutArgs{MaxBytes: spec.Filesystem.CopyMaxBytes + 64<<20})
+		ro.res.Volatile.UploadMS = msSince(t1)
+		upload <- err
+	}()
+	d, startErrV := sess.Start(sctx)
+	if err := <-upload; err != nil {
+		return startErr(sctx, ctx, spec.REPL.StartupTimeout.Duration, fmt.Errorf("upload working directory: %w", err))
+	}
+	if startErrV != nil {
+		return startErr(sctx, ctx, spec.REPL.StartupTimeout.Duration, startErrV)
+	}
+	ro.res.Volatile.WorkerMS = float64(d.Microseconds()) / 1000
+	ro.alive = true
+	return nil
+}
+
+func startErr(sctx, ctx context.Context, timeout time.Duration, err error) error {
+	if ctx.Err() == nil && errors.Is(sctx.Err(), context.DeadlineExceeded) {
+		return fmt.Errorf("not ready within startup_timeout (%s): %w", timeout, err)
+	}
+	return err
+}
+
+// initArgs describe the worker the rollout needs.
+func (ro *rollout) initArgs() protocol.InitArgs {
+	spec := ro.r.spec
+	env := map[string]string{}
+	for k, v := range spec.Backend.Sandbox.Env {
+		env[k] = v
+	}
+	return protocol.InitArgs{
+		Root:     ro.root,
+		Language: spec.REPL.Language,
+		Python:   spec.REPL.Python,
+		Env:      env,
+	}
+}
+
+// turn runs one cell and records it; it reports whether the rollout stops.
+func (ro *rollout) turn(ctx context.Context, code string) (stop bool) {
+	spec := ro.r.spec
+	timeout := spec.REPL.CodeExecutionTimeout.Duration
+	maxLen := spec.REPL.MaxOutputLength
+	ro.seq++
+	seq := ro.seq
+	t0 := time.Now()
+	rep, err := ro.sess.Exec(ctx, seq, protocol.ExecArgs{
+		Code:             code,
+		TimeoutMS:        timeout.Milliseconds(),
+		MaxOutputBytes:   captureBytes(maxLen),
+		RestartOnFailure: !spec.REPL.AbortOnCodeTimeout,
+	})
+	elapsed := time.Since(t0)
+	ro.replTime += elapsed
+	ro.res.Volatile.TurnSeconds = append(ro.res.Volatile.TurnSeconds, elapsed.Seconds())
+	turn := Turn{Code: code}
+	if spec.REPL.Language == "python" {
+		ro.res.Volatile.ExecutionTimes = append(ro.res.Volatile.ExecutionTimes, executionTimeLine(elapsed))
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			ro.fail("interrupted during turn %d", len(ro.res.Turns))
+		} else {
+			ro.fail("turn %d: %v", len(ro.res.Turns), err)
+		}
+		ro.alive = false
+		turn.Event = "error"
+		ro.res.Turns = append(ro.res.Turns, turn)
+		return true
+	}
+	python := spec.REPL.Language == "python"
+	format := func(note string) string {
+		if python {
+			return formatPython(rep, note, maxLen)
+		}
+		return formatBash(rep, note, maxLen)
+	}
+	switch rep.Status {
+	case protocol.StatusTimeout:
+		turn.Event = "timeout"
+		ro.alive = rep.Restarted
+		if spec.REPL.AbortOnCodeTimeout {
+			turn.Output = timeoutMessage(timeout, false, "")
+			ro.res.Turns = append(ro.res.Turns, turn)
+			ro.res.Status = StatusTimeout
+			return true
+		}
+		turn.Output = truncate(timeoutMessage(timeout, rep.Restarted, rep.RestartError), maxLen, false)
+		ro.res.Turns = append(ro.res.Turns, turn)
+		if !rep.Restarted {
+			ro.fail("turn %d timed out and the worker could not be restarted: %s", len(ro.res.Turns)-1, rep.RestartError)
+			return true
+		}
+		return false
+	case protocol.StatusCrashed:
+		turn.Event = "crashed"
+		ro.alive = rep.Restarted
+		turn.Output = format(crashMessage(rep))
+		ro.res.Turns = append(ro.res.Turns, turn)
+		if !rep.Restarted {
+			ro.fail("the worker exited in turn %d and could not be restarted: %s", len(ro.res.Turns)-1, rep.RestartError)
+			return true
+		}
+		return false
+	}
+	if rep.Seq != seq {
+		turn.Event = "desync"
+		turn.Output = desyncMessage(seq, rep.Seq)
+		ro.res.Turns = append(ro.res.Turns, turn)
+		return false
+	}
+	turn.Output = format("")
+	if !python {
+		ec := rep.ExitCode
+		turn.ExitCode = &ec
+	}
+	ro.res.Turns = append(ro.res.Turns, turn)
+	ro.answer = rep.Answer
+	if rep.Answer.Ready {
+		ro.res.Status = StatusCompleted
+		return true
+	}
+	return false
+}
+
+// finish reads the answer, syncs the working directory back, ends the agent,
+// scores the rollout and keeps or drops its files. It runs whatever happened
+// before, with its own deadline: an interrupted rollout still cleans up.
+func (ro *rollout) finish() {
+	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
+	spec := ro.r.spec
+	if ro.sess != nil {
+		if ro.alive {
+			if ans, err := ro.sess.Answer(ctx); err == nil {
+				ro.answer = ans
+			} else {
+				ro.warn("read the final answer: %v", err)
+			}
+		}
+		t0 := time.Now()
+		if _, err := ro.sess.Get(ctx, ro.staging.Dir(), rlmfs.Limits{MaxBytes: syncBackMaxBytes(spec), MaxFiles: 1_000_000}); err != nil {
+			// Scoring stale files would be wrong: this is an error, not a warning.
+			ro.fail("sync the working directory back: %v", err)
+		}
+		ro.res.Volatile.DownloadMS = msSince(t0)
+		if err := ro.sess.Close(ctx); err != nil {
+			ro.warn("end the agent: %v", err)
+		}
+		ro.sess = nil
+	}
+	ro.res.Answer = ro.answer.Content
+	ro.res.AnswerReady = ro.answer.Ready
+	ro.metrics()
+	ro.retain()
+	ro.res.Passed = ro.res.Status != StatusError
+}
+
+// syncBackMaxBytes bounds what a rollout may bring back: its disk allowance.
+func syncBackMaxBytes(spec *schema.Spec) int64 {
+	return int64(spec.Backend.Sandbox.DiskSizeGB * (1 << 30))
+}
+
+func (ro *rollout) metrics() {
+	n := len(ro.res.Turns)
+	ro.res.Metrics = map[string]any{
+		"main_rlm_turns":  n,
+		"repl_call_count": n,
+	}
+	mean := 0.0
+	if n > 0 {
+		mean = ro.replTime.Seconds() / float64(n)
+	}
+	ro.res.Volatile.Metrics = map[string]any{
+		"repl_total_time_seconds": ro.replTime.Seconds(),
+		"repl_mean_time_seconds":  mean,
+	}
+}
+
+// retain keeps the final working directory under the results directory, or
+// removes it.
+func (ro *rollout) retain() {
+	if ro.staging == nil {
+		return
+	}
+	dir := ro.staging.Dir()
+	if !ro.r.spec.Retention.Filesystem {
+		if err := os.RemoveAll(dir); err != nil {
+			ro.warn("remove staging directory: %v", err)
+		}
+		return
+	}
+	dst := filepath.Join(ro.r.outDir, ro.inst.ID)
+	if err := moveDir(dir, dst); err != nil {
+		ro.fail("retain the working directory: %v", err)
+		return
+	}
+	ro.res.Volatile.RetainedDir = dst
+}
+
+// moveDir renames src to dst, copying when they are on different filesystems.
+func moveDir(src, dst string) error {
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	if err := os.Rename(src, dst); err == nil {
+		return nil
+	}
+	if err := copyTree(src, dst); err != nil {
+		return err
+	}
+	return os.RemoveAll(src)
+}
+
+// normalize makes the recorded transcript independent of where the run
+// happened: the run's directory appears as "<run>".
+func (ro *rollout) normalize() {
+	repl := func(s string) string { return strings.ReplaceAll(s, ro.r.runDir, "<run>") }
+	for i := range ro.res.Turns {
+		ro.res.Turns[i].Output = repl(ro.res.Turns[i].Output)
+	}
+	ro.res.Answer = repl(ro.res.Answer)
+	ro.res.Error = repl(ro.res.Error)
+}
+
+func msSince(t time.Time) float64 { return float64(time.Since(t).Microseconds()) / 1000 }
+
+// copyTree copies a directory tree by streaming it through the same tar
+// packer and safe extractor that move files to and from agents.
+func copyTree(src, dst string) error {
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		return err
+	}
+	pr, pw := io.Pipe()
+	go func() {
+		_, err := rlmfs.Pack(context.Background(), src, pw)
+		pw.CloseWithError(err)
+	}()
+	_, err := rlmfs.Unpack(context.Background(), pr, dst, rlmfs.Limits{})
+	pr.CloseWithError(err)
+	return err
+}
