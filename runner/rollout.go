@@ -24,7 +24,9 @@ const cleanupTimeout = 30 * time.Second
 // rollout is one rollout's life.
 type rollout struct {
 	r        *Runner
+	index    int
 	inst     schema.Instance
+	way      *wayOut
 	data     map[string]any // template data
 	root     string         // the rollout's directory as the agent sees it
 	staging  *rlmfs.Staging
@@ -36,13 +38,14 @@ type rollout struct {
 	replTime time.Duration
 }
 
-func (r *Runner) runRollout(ctx context.Context, inst schema.Instance) *Result {
+func (r *Runner) runRollout(ctx context.Context, index int, inst schema.Instance) *Result {
 	start := time.Now()
 	ro := &rollout{
-		r:    r,
-		inst: inst,
-		data: schema.RolloutData(inst),
-		root: filepath.Join(r.runDir, inst.ID),
+		r:     r,
+		index: index,
+		inst:  inst,
+		data:  schema.RolloutData(inst),
+		root:  filepath.Join(r.runDir, inst.ID),
 		res: &Result{
 			ID:      inst.ID,
 			Rollout: inst.Rollout.ID,
@@ -80,6 +83,14 @@ func (ro *rollout) warn(format string, args ...any) {
 func (ro *rollout) run(ctx context.Context) {
 	spec := ro.r.spec
 	t0 := time.Now()
+	way, err := ro.r.newWayOut(ro)
+	if err != nil {
+		ro.fail("sub-LLM replies: %v", err)
+		ro.finish()
+		return
+	}
+	ro.way = way
+	defer way.close()
 	if err := ro.stage(); err != nil {
 		ro.fail("stage: %v", err)
 		ro.finish()
@@ -203,6 +214,7 @@ func (ro *rollout) startAgent(ctx context.Context) error {
 		return startErr(sctx, ctx, spec.REPL.StartupTimeout.Duration, err)
 	}
 	ro.sess = sess
+	go func() { _ = ro.r.server.Serve(sess.Listener()) }()
 	ro.res.Volatile.Facts = facts
 	ro.res.Volatile.StartMS = msSince(t0)
 	ro.res.Volatile.Workdir = filepath.Join(ro.root, "work")
@@ -250,11 +262,26 @@ func (ro *rollout) initArgs() protocol.InitArgs {
 		env[k] = v
 	}
 	return protocol.InitArgs{
-		Root:     ro.root,
-		Language: spec.REPL.Language,
-		Python:   spec.REPL.Python,
-		Env:      env,
+		Root:          ro.root,
+		Language:      spec.REPL.Language,
+		Python:        spec.REPL.Python,
+		Env:           env,
+		Tools:         ro.way.toolInfos(),
+		Tunnel:        spec.Backend.InterceptionURL == "" || spec.Backend.Type != "sandbox",
+		BaseURL:       ro.baseURL(),
+		RolloutKey:    ro.way.key,
+		Secret:        ro.way.secret,
+		ToolTimeoutMS: workerToolTimeout(spec.REPL.CodeExecutionTimeout.Duration).Milliseconds(),
 	}
+}
+
+// baseURL is interception_url, when the sandbox calls the server directly.
+func (ro *rollout) baseURL() string {
+	b := ro.r.spec.Backend
+	if b.Type == "sandbox" {
+		return b.InterceptionURL
+	}
+	return ""
 }
 
 // turn runs one cell and records it; it reports whether the rollout stops.
@@ -316,7 +343,7 @@ func (ro *rollout) turn(ctx context.Context, code string) (stop bool) {
 	case protocol.StatusCrashed:
 		turn.Event = "crashed"
 		ro.alive = rep.Restarted
-		turn.Output = format(crashMessage(rep))
+		turn.Output = ro.way.unmask(format(crashMessage(rep)))
 		ro.res.Turns = append(ro.res.Turns, turn)
 		if !rep.Restarted {
 			ro.fail("the worker exited in turn %d and could not be restarted: %s", len(ro.res.Turns)-1, rep.RestartError)
@@ -330,7 +357,7 @@ func (ro *rollout) turn(ctx context.Context, code string) (stop bool) {
 		ro.res.Turns = append(ro.res.Turns, turn)
 		return false
 	}
-	turn.Output = format("")
+	turn.Output = ro.way.unmask(format(""))
 	if !python {
 		ec := rep.ExitCode
 		turn.ExitCode = &ec
@@ -351,6 +378,7 @@ func (ro *rollout) finish() {
 	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
 	defer cancel()
 	spec := ro.r.spec
+	synced := true
 	if ro.sess != nil {
 		if ro.alive {
 			if ans, err := ro.sess.Answer(ctx); err == nil {
@@ -363,6 +391,7 @@ func (ro *rollout) finish() {
 		if _, err := ro.sess.Get(ctx, ro.staging.Dir(), rlmfs.Limits{MaxBytes: syncBackMaxBytes(spec), MaxFiles: 1_000_000}); err != nil {
 			// Scoring stale files would be wrong: this is an error, not a warning.
 			ro.fail("sync the working directory back: %v", err)
+			synced = false
 		}
 		ro.res.Volatile.DownloadMS = msSince(t0)
 		if err := ro.sess.Close(ctx); err != nil {
@@ -373,8 +402,20 @@ func (ro *rollout) finish() {
 	ro.res.Answer = ro.answer.Content
 	ro.res.AnswerReady = ro.answer.Ready
 	ro.metrics()
+	if ro.staging != nil && synced {
+		ro.score(ro.staging.Dir())
+	}
+	ro.checkExpectations()
 	ro.retain()
 	ro.res.Passed = ro.res.Status != StatusError
+	if e := ro.inst.Rollout.Expect; e != nil && e.Status != nil {
+		ro.res.Passed = true // the expected status is checked with the rest
+	}
+	for _, e := range ro.res.Expect {
+		if !e.Met {
+			ro.res.Passed = false
+		}
+	}
 }
 
 // syncBackMaxBytes bounds what a rollout may bring back: its disk allowance.
@@ -395,6 +436,9 @@ func (ro *rollout) metrics() {
 	ro.res.Volatile.Metrics = map[string]any{
 		"repl_total_time_seconds": ro.replTime.Seconds(),
 		"repl_mean_time_seconds":  mean,
+	}
+	if ro.way != nil {
+		ro.way.fill(ro.res.Metrics, ro.res.Volatile.Metrics)
 	}
 }
 

@@ -21,6 +21,7 @@ import (
 	"github.com/rlmrun/rlmrun/backends"
 	"github.com/rlmrun/rlmrun/backends/client"
 	"github.com/rlmrun/rlmrun/schema"
+	"github.com/rlmrun/rlmrun/tunnel"
 )
 
 // Backend starts agents; local processes and sandboxes both are one.
@@ -75,8 +76,9 @@ func (r *Report) Failed() bool {
 type Runner struct {
 	opts    Options
 	spec    *schema.Spec
-	runDir  string // the run's temp root: TempDir/rlmrun-RUNID
-	outDir  string // retention dir / run id
+	server  *tunnel.Server // the run's interception server
+	runDir  string         // the run's temp root: TempDir/rlmrun-RUNID
+	outDir  string         // retention dir / run id
 	results *resultsWriter
 }
 
@@ -128,6 +130,15 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	if err := writeOwner(r.runDir, opts.RunID); err != nil {
 		return nil, err
 	}
+	r.server = tunnel.NewServer()
+	defer r.server.Close()
+	if u := spec.Backend.InterceptionURL; u != "" && spec.Backend.Type == "sandbox" {
+		l, err := tunnel.ListenURL(u)
+		if err != nil {
+			return nil, err
+		}
+		go func() { _ = r.server.Serve(l) }()
+	}
 	rep := &Report{RunID: opts.RunID, Dir: r.outDir, ResultsPath: filepath.Join(r.outDir, "results.jsonl")}
 	r.results, err = newResultsWriter(rep.ResultsPath, opts.OutputFile)
 	if err != nil {
@@ -166,7 +177,7 @@ loop:
 			if opts.OnStart != nil {
 				opts.OnStart(in.ID)
 			}
-			res := r.runRollout(ctx, in)
+			res := r.runRollout(ctx, i, in)
 			results[i] = res
 			if err := r.results.Write(res); err != nil {
 				mu.Lock()

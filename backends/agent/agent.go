@@ -49,16 +49,17 @@ type Agent struct {
 	session *yamux.Session
 	logger  *log.Logger
 
-	mu      sync.Mutex // guards everything below; held while a cell runs
-	init    *protocol.InitArgs
-	workdir string
-	state   string // Root/agent: tool links and HOME
-	private string // the agent's own temp directory (worker files)
-	env     []string
-	worker  *worker.Worker
-	spawned chan *worker.Worker // the worker spawned at start, until start takes it
-	tunnel  net.Listener
-	done    bool
+	mu       sync.Mutex // guards everything below; held while a cell runs
+	init     *protocol.InitArgs
+	workdir  string
+	state    string // Root/agent: tool links and HOME
+	private  string // the agent's own temp directory (worker files)
+	env      []string
+	worker   *worker.Worker
+	spawned  chan *worker.Worker // the worker spawned at start, until start takes it
+	tunnel   net.Listener
+	toolPort net.Listener // the Bash tool functions' way in
+	done     bool
 }
 
 // Run serves until the runner shuts the agent down, the stream ends or ctx
@@ -264,6 +265,11 @@ func (a *Agent) doInit(args *protocol.InitArgs) error {
 			return err
 		}
 	}
+	if args.Language == "bash" && len(args.Tools) > 0 {
+		if err := a.startToolPort(); err != nil {
+			return err
+		}
+	}
 	a.env = a.workerEnv()
 	return nil
 }
@@ -387,6 +393,7 @@ func (a *Agent) startWorkerLocked(ctx context.Context, restart bool) (time.Durat
 		Env:        a.env,
 		FSMetadata: worker.FSMetadata{FileCount: a.init.FSFiles, TotalSize: a.init.FSBytes},
 		ToolNames:  names,
+		Prelude:    a.bashToolFunctions(),
 	}
 	sc := a.spawnConfig(a.init.Language, a.init.Python)
 	var w *worker.Worker
@@ -487,6 +494,10 @@ func (a *Agent) cleanup() {
 	if a.tunnel != nil {
 		a.tunnel.Close()
 		a.tunnel = nil
+	}
+	if a.toolPort != nil {
+		a.toolPort.Close()
+		a.toolPort = nil
 	}
 	if a.init != nil {
 		_ = os.RemoveAll(a.state)

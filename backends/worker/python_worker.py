@@ -111,19 +111,28 @@ def _rlm_main():
         except Exception:
             return False, ""
 
-    def format_error(exc, skip_frame):
+    def format_error(exc, in_cell):
         import linecache
         import traceback
 
         # Tracebacks show the lines of earlier cells too.
         for name, code in sources.items():
             linecache.cache[name] = (len(code), None, code.splitlines(True), name)
-        if isinstance(exc, SyntaxError) and not skip_frame:
+        if isinstance(exc, SyntaxError) and not in_cell:
             return "".join(traceback.format_exception_only(type(exc), exc))
-        tb = exc.__traceback__
-        if skip_frame and tb is not None:
-            tb = tb.tb_next
-        return "".join(traceback.format_exception(type(exc), exc, tb))
+        te = traceback.TracebackException(type(exc), exc, exc.__traceback__)
+        # The worker's own frames (this script, the tool functions) are noise.
+        seen = set()
+        todo = [te]
+        while todo:
+            cur = todo.pop()
+            if id(cur) in seen:
+                continue
+            seen.add(id(cur))
+            cur.stack = traceback.StackSummary.from_list(
+                [f for f in cur.stack if f.filename != "<rlmrun-worker>"])
+            todo.extend(x for x in (cur.__cause__, cur.__context__) if x is not None)
+        return "".join(te.format())
 
     def run_cell(code, count):
         filename = "<cell-%d>" % count
@@ -173,8 +182,51 @@ def _rlm_main():
 
 
 def _rlm_make_tools(names):
-    """Root tools become functions; issue 4 fills this in."""
-    return {}
+    """Root tools as functions that call the interception server over HTTP,
+    with the standard library only. print_lines (llm_batch's summary) are
+    printed; a tool's error is raised as RuntimeError."""
+    url = os.environ.get("RLM_ROOT_TOOL_URL", "")
+    secret = os.environ.get("RLM_SECRET", "")
+    timeout = int(os.environ.get("RLM_TOOL_TIMEOUT_MS", "300000")) / 1000.0
+
+    def call(name, args, kwargs):
+        import http.client
+        import json
+        import urllib.parse
+
+        if not url:
+            raise RuntimeError("Root tool URL not configured")
+        parts = urllib.parse.urlsplit(url)
+        conn_type = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        conn = conn_type(parts.hostname, parts.port, timeout=timeout)
+        body = json.dumps({"tool_name": name, "args": list(args), "kwargs": kwargs})
+        try:
+            conn.request("POST", parts.path, body, {
+                "Content-Type": "application/json",
+                "Authorization": "Bearer " + secret,
+            })
+            resp = conn.getresponse()
+            data = resp.read()
+        finally:
+            conn.close()
+        try:
+            reply = json.loads(data)
+        except ValueError:
+            raise RuntimeError("HTTP %d: %s" % (resp.status, data[:500].decode("utf-8", "replace"))) from None
+        for line in reply.get("print_lines") or []:
+            print(line)
+        if reply.get("error") is not None:
+            raise RuntimeError(reply["error"])
+        return reply.get("result")
+
+    def make(name):
+        def tool(*args, **kwargs):
+            return call(name, args, kwargs)
+
+        tool.__name__ = tool.__qualname__ = name
+        return tool
+
+    return {name: make(name) for name in names}
 
 
 _rlm_main()

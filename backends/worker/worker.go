@@ -29,6 +29,9 @@ import (
 //go:embed python_worker.py
 var pythonWorker []byte
 
+// pythonBoot starts the Python worker from RLM_WORKER_SCRIPT.
+const pythonBoot = "import os;exec(compile(os.environ.pop('RLM_WORKER_SCRIPT'),'<rlmrun-worker>','exec'))"
+
 // SpawnConfig says which worker process to start. The process starts before
 // the rollout's working directory is known (the agent spawns it as soon as it
 // runs, so the interpreter's start-up overlaps the agent's), with a minimal
@@ -48,6 +51,9 @@ type Config struct {
 	FSMetadata FSMetadata
 	// ToolNames are the root tools the Python worker defines as functions.
 	ToolNames []string
+	// Prelude is shell code the Bash worker runs before its first cell
+	// (the tool functions).
+	Prelude string
 }
 
 // FSMetadata summarises the working directory when the worker starts.
@@ -65,6 +71,7 @@ type Worker struct {
 	stderr   *splitter
 	control  io.WriteCloser // bash: its stdin; python: the request pipe
 	cellFile *os.File       // bash: the file cells are written to
+	extraEnv []string       // added to the spawn environment
 	status   chan statusMsg
 	exited   chan struct{}
 	waitErr  error
@@ -164,7 +171,7 @@ func (w *Worker) launch(argv []string, stdin *os.File, extra []*os.File) (stdout
 	}
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = "/"
-	cmd.Env = spawnEnv
+	cmd.Env = append(append([]string{}, spawnEnv...), w.extraEnv...)
 	cmd.Stdin = stdin
 	cmd.Stdout = outW
 	cmd.Stderr = errW
@@ -250,8 +257,14 @@ func (w *Worker) configureBash(cfg Config) error {
 		}
 		fmt.Fprintf(&b, "export %s=%s\n", k, shellQuote(v))
 	}
-	fmt.Fprintf(&b, "cd -- %s || exit 97\n__rlm_n=0; %s\n", shellQuote(cfg.Workdir), bashEndOfCell())
-	_, err := io.WriteString(w.control, b.String())
+	b.WriteString(cfg.Prelude)
+	fmt.Fprintf(&b, "cd -- %s || exit 97\n", shellQuote(cfg.Workdir))
+	// Sourced from a file: bash reads its stdin a byte at a time.
+	setup := filepath.Join(w.spawn.StateDir, "setup.sh")
+	if err := os.WriteFile(setup, []byte(b.String()), 0o600); err != nil {
+		return fmt.Errorf("write worker setup: %w", err)
+	}
+	_, err := io.WriteString(w.control, "builtin source "+shellQuote(setup)+"; __rlm_n=0; "+bashEndOfCell()+"\n")
 	return err
 }
 
@@ -315,9 +328,12 @@ func (w *Worker) spawnPython() error {
 	if err != nil {
 		return err
 	}
-	// The worker travels as -c: no file to write, and sys.path[0] is the
-	// working directory, so the model can import its own modules.
-	out, errp, err := w.launch([]string{w.spawn.Python, "-u", "-B", "-c", string(pythonWorker)}, devnull, []*os.File{reqR, repW})
+	// The worker travels in the environment (removed at once) and is
+	// compiled under a name of its own, so its frames can be left out of
+	// tracebacks; with -c, sys.path[0] is the working directory and the
+	// model can import its own modules.
+	w.extraEnv = []string{"RLM_WORKER_SCRIPT=" + string(pythonWorker)}
+	out, errp, err := w.launch([]string{w.spawn.Python, "-u", "-B", "-c", pythonBoot}, devnull, []*os.File{reqR, repW})
 	devnull.Close()
 	reqR.Close()
 	repW.Close()

@@ -42,6 +42,9 @@ func (e *exitError) Unwrap() error { return e.err }
 func withCode(code int, err error) error { return &exitError{code: code, err: err} }
 
 func main() {
+	if name, ok := toolName(os.Args[0], os.Getenv); ok {
+		os.Exit(runTool(name, os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+	}
 	os.Exit(runMain(os.Args, os.Stdout, os.Stderr))
 }
 
@@ -96,6 +99,7 @@ Exit codes: 0 success, 1 a rollout failed or an expectation was not met,
 			schemaCommand(),
 			versionCommand(),
 			agentCommand(),
+			toolCommand(),
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
@@ -125,7 +129,7 @@ func normalizeArgs(app *cli.App, args []string) []string {
 		out = append([]string{out[0], "run"}, out[1:]...)
 	}
 	cmd := app.Command(out[1])
-	if cmd == nil {
+	if cmd == nil || cmd.SkipFlagParsing {
 		return out
 	}
 	takesValue := map[string]bool{}

@@ -1,0 +1,264 @@
+package runner
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/rlmrun/rlmrun/backends/procs"
+	"github.com/rlmrun/rlmrun/schema"
+)
+
+// score runs every reward on the final answer and the final working
+// directory (dir), and sets the rollout's reward to their weighted sum.
+func (ro *rollout) score(dir string) {
+	spec := ro.r.spec
+	if len(spec.Rewards) == 0 {
+		return
+	}
+	total := 0.0
+	for i, rw := range spec.Rewards {
+		where := fmt.Sprintf("rewards[%d]", i)
+		s, detail := ro.scoreOne(where, rw, dir)
+		ro.res.Rewards = append(ro.res.Rewards, RewardScore{Name: rw.Name, Weight: rw.Weight, Score: s, Detail: detail})
+		total += rw.Weight * s
+	}
+	total = math.Round(total*1e9) / 1e9
+	ro.res.Reward = &total
+}
+
+func (ro *rollout) render(where, text string) (string, error) {
+	return schema.Render(where, text, ro.data)
+}
+
+func (ro *rollout) scoreOne(where string, rw schema.Reward, dir string) (float64, string) {
+	switch {
+	case rw.Answer != nil:
+		ok, detail, err := ro.checkText(where+".answer", *rw.Answer, ro.answer.Content)
+		if err != nil {
+			return 0, err.Error()
+		}
+		return boolScore(ok), detail
+	case rw.Files != nil:
+		return ro.checkFiles(where+".files", *rw.Files, dir)
+	case rw.Run != nil:
+		return ro.runReward(where+".run", rw, dir)
+	}
+	return 0, "no check"
+}
+
+func boolScore(ok bool) float64 {
+	if ok {
+		return 1
+	}
+	return 0
+}
+
+// checkText compares got with an equals / contains / matches expectation.
+func (ro *rollout) checkText(where string, c schema.AnswerCheck, got string) (bool, string, error) {
+	switch {
+	case c.Equals != nil:
+		want, err := ro.render(where+".equals", *c.Equals)
+		if err != nil {
+			return false, "", err
+		}
+		if strings.TrimSpace(got) == strings.TrimSpace(want) {
+			return true, "", nil
+		}
+		return false, fmt.Sprintf("expected %q, got %q", strings.TrimSpace(want), strings.TrimSpace(got)), nil
+	case c.Contains != nil:
+		want, err := ro.render(where+".contains", *c.Contains)
+		if err != nil {
+			return false, "", err
+		}
+		if strings.Contains(got, want) {
+			return true, "", nil
+		}
+		return false, fmt.Sprintf("%q does not contain %q", short(got), want), nil
+	case c.Matches != nil:
+		pat, err := ro.render(where+".matches", *c.Matches)
+		if err != nil {
+			return false, "", err
+		}
+		re, err := regexp.Compile(pat)
+		if err != nil {
+			return false, "", err
+		}
+		if re.MatchString(got) {
+			return true, "", nil
+		}
+		return false, fmt.Sprintf("%q does not match %s", short(got), pat), nil
+	}
+	return false, "no check", nil
+}
+
+func short(s string) string {
+	r := []rune(s)
+	if len(r) > 80 {
+		return string(r[:77]) + "..."
+	}
+	return s
+}
+
+// checkFiles judges the final working directory; every condition must hold.
+func (ro *rollout) checkFiles(where string, f schema.FilesCheck, dir string) (float64, string) {
+	var fails []string
+	if f.Glob != "" {
+		pat, err := ro.render(where+".glob", f.Glob)
+		if err != nil {
+			return 0, err.Error()
+		}
+		matches, err := filepath.Glob(filepath.Join(dir, pat))
+		if err != nil {
+			return 0, err.Error()
+		}
+		if f.Count != nil && len(matches) != *f.Count {
+			names := make([]string, len(matches))
+			for i, m := range matches {
+				names[i], _ = filepath.Rel(dir, m)
+			}
+			fails = append(fails, fmt.Sprintf("%d match(es) of %s, expected %d: %s", len(matches), pat, *f.Count, strings.Join(names, " ")))
+		}
+	}
+	for i, p := range f.Exists {
+		rel, err := ro.render(fmt.Sprintf("%s.exists[%d]", where, i), p)
+		if err != nil {
+			return 0, err.Error()
+		}
+		if _, err := os.Lstat(filepath.Join(dir, rel)); err != nil {
+			fails = append(fails, rel+" is missing")
+		}
+	}
+	for i, p := range f.Absent {
+		rel, err := ro.render(fmt.Sprintf("%s.absent[%d]", where, i), p)
+		if err != nil {
+			return 0, err.Error()
+		}
+		if _, err := os.Lstat(filepath.Join(dir, rel)); err == nil {
+			fails = append(fails, rel+" should not exist")
+		}
+	}
+	if c := f.Content; c != nil {
+		rel, err := ro.render(where+".content.path", c.Path)
+		if err != nil {
+			return 0, err.Error()
+		}
+		b, err := os.ReadFile(filepath.Join(dir, rel))
+		if err != nil {
+			fails = append(fails, rel+" cannot be read")
+		} else {
+			ok, detail, err := ro.checkText(where+".content", c.AnswerCheck, string(b))
+			if err != nil {
+				return 0, err.Error()
+			}
+			if !ok {
+				fails = append(fails, rel+": "+detail)
+			}
+		}
+	}
+	if len(fails) > 0 {
+		return 0, strings.Join(fails, "; ")
+	}
+	return 1, ""
+}
+
+// runReward runs a host command in the final working directory. It gets the
+// rollout as JSON on stdin; a number printed on stdout is the score,
+// otherwise exit status 0 scores 1 and anything else 0.
+func (ro *rollout) runReward(where string, rw schema.Reward, dir string) (float64, string) {
+	argv := rw.Run.Args()
+	rendered := make([]string, len(argv))
+	for i, a := range argv {
+		r, err := ro.render(fmt.Sprintf("%s[%d]", where, i), a)
+		if err != nil {
+			return 0, err.Error()
+		}
+		rendered[i] = r
+	}
+	prog := rendered[0]
+	if strings.Contains(prog, "/") && !filepath.IsAbs(prog) {
+		prog = filepath.Join(ro.r.spec.Dir, prog)
+	}
+	in, _ := json.Marshal(map[string]any{
+		"rollout": ro.inst.ID, "status": ro.res.Status, "answer": ro.answer.Content,
+		"answer_ready": ro.answer.Ready, "vars": ro.inst.Rollout.Vars, "spec_dir": ro.r.spec.Dir,
+	})
+	cmd := exec.Command(prog, rendered[1:]...)
+	cmd.Dir = dir
+	cmd.Stdin = bytes.NewReader(in)
+	var out capped
+	out.max = 1 << 20
+	stderr := procs.NewTail(4 << 10)
+	cmd.Stdout, cmd.Stderr = &out, stderr
+	cmd.Env = append(os.Environ(), "RLM_SPEC_DIR="+ro.r.spec.Dir, "RLM_ANSWER="+ro.answer.Content)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return 0, fmt.Sprintf("could not start: %v", err)
+	}
+	p := procs.Watch(cmd)
+	ctx, cancel := context.WithTimeout(context.Background(), rw.Timeout.Duration)
+	defer cancel()
+	select {
+	case <-p.Exited():
+	case <-ctx.Done():
+		p.Kill()
+		<-p.Exited()
+		return 0, fmt.Sprintf("timed out after %s", rw.Timeout.Duration)
+	}
+	text := strings.TrimSpace(out.buf.String())
+	if v, err := strconv.ParseFloat(text, 64); err == nil && !math.IsNaN(v) && !math.IsInf(v, 0) {
+		return v, ""
+	}
+	if err := p.Err(); err != nil {
+		var ee *exec.ExitError
+		detail := err.Error()
+		if errors.As(err, &ee) {
+			detail = ee.ProcessState.String()
+		}
+		if s := stderr.String(); s != "" {
+			detail += ": " + s
+		}
+		return 0, detail
+	}
+	return 1, ""
+}
+
+// checkExpectations compares the rollout with its `expect`.
+func (ro *rollout) checkExpectations() {
+	e := ro.inst.Rollout.Expect
+	if e == nil {
+		return
+	}
+	add := func(field, want, got string, met bool) {
+		ro.res.Expect = append(ro.res.Expect, Expectation{Field: field, Expected: want, Got: got, Met: met})
+	}
+	if e.Status != nil {
+		add("status", *e.Status, ro.res.Status, *e.Status == ro.res.Status)
+	}
+	if e.Answer != nil {
+		want, err := ro.render(fmt.Sprintf("rollouts[%d].expect.answer", ro.inst.Rollout.Index), *e.Answer)
+		if err != nil {
+			want = "(" + err.Error() + ")"
+		}
+		add("answer", strconv.Quote(strings.TrimSpace(want)), strconv.Quote(strings.TrimSpace(ro.res.Answer)), strings.TrimSpace(want) == strings.TrimSpace(ro.res.Answer))
+	}
+	if e.Reward != nil {
+		got := "none"
+		met := false
+		if ro.res.Reward != nil {
+			got = strconv.FormatFloat(*ro.res.Reward, 'g', -1, 64)
+			met = math.Abs(*ro.res.Reward-*e.Reward) < 1e-9
+		}
+		add("reward", strconv.FormatFloat(*e.Reward, 'g', -1, 64), got, met)
+	}
+}
