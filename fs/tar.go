@@ -99,6 +99,7 @@ var ErrUnsafePath = errors.New("unsafe path in archive")
 func Unpack(ctx context.Context, r io.Reader, dir string, lim Limits) (Stats, error) {
 	var st Stats
 	tr := tar.NewReader(r)
+	made := map[string]bool{dir: true}
 	for {
 		if err := ctx.Err(); err != nil {
 			return st, err
@@ -131,6 +132,7 @@ func Unpack(ctx context.Context, r io.Reader, dir string, lim Limits) (Stats, er
 			if err := os.MkdirAll(target, os.FileMode(hdr.Mode).Perm()|0o700); err != nil {
 				return st, err
 			}
+			made[target] = true
 			if err := os.Chmod(target, os.FileMode(hdr.Mode).Perm()|0o700); err != nil {
 				return st, err
 			}
@@ -142,20 +144,35 @@ func Unpack(ctx context.Context, r io.Reader, dir string, lim Limits) (Stats, er
 			if lim.MaxBytes > 0 && st.Bytes+hdr.Size > lim.MaxBytes {
 				return st, fmt.Errorf("%w: more than %d bytes", ErrTooLarge, lim.MaxBytes)
 			}
-			if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
-				return st, err
+			// Syscalls are what extraction costs: parents are created once,
+			// and the common case (a new file) is one open.
+			if parent := filepath.Dir(target); !made[parent] {
+				if err := os.MkdirAll(parent, 0o755); err != nil {
+					return st, err
+				}
+				made[parent] = true
 			}
-			// An existing symlink at the target is replaced, never followed.
-			if fi, err := os.Lstat(target); err == nil && !fi.Mode().IsRegular() {
-				if err := os.RemoveAll(target); err != nil {
+			mode := os.FileMode(hdr.Mode).Perm()
+			f, err := os.OpenFile(target, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|noFollow, mode)
+			if err != nil {
+				// Something else sits there (a symlink, which O_NOFOLLOW refuses
+				// to follow, or a directory): it is replaced.
+				if fi, lerr := os.Lstat(target); lerr == nil && !fi.Mode().IsRegular() {
+					if err := os.RemoveAll(target); err != nil {
+						return st, err
+					}
+					f, err = os.OpenFile(target, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|noFollow, mode)
+				}
+				if err != nil {
 					return st, err
 				}
 			}
-			f, err := os.OpenFile(target, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|noFollow, os.FileMode(hdr.Mode).Perm())
-			if err != nil {
-				return st, err
-			}
 			n, err := io.Copy(f, io.LimitReader(tr, hdr.Size))
+			if err == nil {
+				// The umask may have narrowed the mode, and an existing file
+				// keeps its own: set it exactly.
+				err = f.Chmod(mode)
+			}
 			cerr := f.Close()
 			st.Bytes += n
 			if err != nil {
@@ -163,9 +180,6 @@ func Unpack(ctx context.Context, r io.Reader, dir string, lim Limits) (Stats, er
 			}
 			if cerr != nil {
 				return st, cerr
-			}
-			if err := os.Chmod(target, os.FileMode(hdr.Mode).Perm()); err != nil {
-				return st, err
 			}
 			if !hdr.ModTime.IsZero() {
 				_ = os.Chtimes(target, hdr.ModTime, hdr.ModTime)

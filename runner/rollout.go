@@ -40,12 +40,16 @@ type rollout struct {
 
 func (r *Runner) runRollout(ctx context.Context, index int, inst schema.Instance) *Result {
 	start := time.Now()
+	root := filepath.Join(r.runDir, inst.ID)
+	if ar, ok := r.opts.Backend.(agentRooter); ok {
+		root = ar.AgentRoot(r.opts.RunID, inst.ID)
+	}
 	ro := &rollout{
 		r:     r,
 		index: index,
 		inst:  inst,
 		data:  schema.RolloutData(inst),
-		root:  filepath.Join(r.runDir, inst.ID),
+		root:  root,
 		res: &Result{
 			ID:      inst.ID,
 			Rollout: inst.Rollout.ID,
@@ -477,10 +481,21 @@ func moveDir(src, dst string) error {
 	return os.RemoveAll(src)
 }
 
+// agentRooter is a backend that chooses where a rollout's directory lives
+// as its agent sees it (a sandbox's private /tmp).
+type agentRooter interface {
+	AgentRoot(runID, rolloutID string) string
+}
+
 // normalize makes the recorded transcript independent of where the run
-// happened: the run's directory appears as "<run>".
+// happened: the run's directory appears as "<run>", whether on this
+// machine's temp directory or in a sandbox's /tmp.
 func (ro *rollout) normalize() {
-	repl := func(s string) string { return strings.ReplaceAll(s, ro.r.runDir, "<run>") }
+	inside := "/tmp/rlmrun-" + ro.r.opts.RunID
+	repl := func(s string) string {
+		s = strings.ReplaceAll(s, ro.r.runDir, "<run>")
+		return strings.ReplaceAll(s, inside, "<run>")
+	}
 	for i := range ro.res.Turns {
 		ro.res.Turns[i].Output = repl(ro.res.Turns[i].Output)
 	}

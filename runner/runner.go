@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"time"
 
@@ -202,12 +203,61 @@ loop:
 	return rep, writeErr
 }
 
-// writeOwner records which process owns the run directory, so leftovers of
-// a killed run can be told apart from a live run's.
+// owner records which process owns a run directory, so leftovers of a
+// killed run can be told apart from a live run's (a pid alone may be reused:
+// its start time is kept too).
+type owner struct {
+	RunID   string    `json:"run_id"`
+	PID     int       `json:"pid"`
+	Start   string    `json:"start"`
+	Started time.Time `json:"started"`
+}
+
 func writeOwner(dir, runID string) error {
-	b, _ := json.Marshal(map[string]any{"run_id": runID, "pid": os.Getpid(), "started": time.Now().UTC()})
+	start, _ := processStart(os.Getpid())
+	b, _ := json.Marshal(owner{RunID: runID, PID: os.Getpid(), Start: start, Started: time.Now().UTC()})
 	if err := os.WriteFile(filepath.Join(dir, "owner.json"), b, 0o644); err != nil {
 		return fmt.Errorf("write run owner: %w", err)
 	}
 	return nil
+}
+
+// processStart is a process's start time in clock ticks since boot.
+func processStart(pid int) (string, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return "", err
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return "", fmt.Errorf("parse /proc/%d/stat", pid)
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 20 {
+		return "", fmt.Errorf("parse /proc/%d/stat", pid)
+	}
+	return f[19], nil
+}
+
+// StaleRunDirs lists the run directories under tmp whose owner is gone: a
+// run that was killed before it could remove them.
+func StaleRunDirs(tmp, runID string) []string {
+	matches, _ := filepath.Glob(filepath.Join(tmp, "rlmrun-*", "owner.json"))
+	var out []string
+	for _, m := range matches {
+		b, err := os.ReadFile(m)
+		if err != nil {
+			continue
+		}
+		var o owner
+		if json.Unmarshal(b, &o) != nil || (runID != "" && o.RunID != runID) {
+			continue
+		}
+		if start, err := processStart(o.PID); err == nil && start == o.Start {
+			continue // alive
+		}
+		out = append(out, filepath.Dir(m))
+	}
+	return out
 }

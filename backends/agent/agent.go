@@ -358,9 +358,18 @@ func (a *Agent) doGet(ctx context.Context, w io.Writer) {
 	if err := protocol.WriteJSON(w, protocol.Reply{OK: true}); err != nil {
 		return
 	}
-	// Errors after the header show up as a truncated tar stream, which the
-	// runner's extractor reports.
-	if _, err := rlmfs.Pack(ctx, a.workdir, w); err != nil {
+	// The archive is followed by a trailer line saying whether it is
+	// complete: a file the agent could not read must fail the download, not
+	// leave it silently short. Buffered: see client.call.
+	bw := bufio.NewWriterSize(w, 256<<10)
+	trailer := protocol.Reply{OK: true}
+	if _, err := rlmfs.Pack(ctx, a.workdir, bw); err != nil {
+		a.logger.Printf("get: %v", err)
+		_, _ = bw.Write(make([]byte, 1024)) // end of archive
+		trailer = protocol.Reply{Error: err.Error()}
+	}
+	_ = protocol.WriteJSON(bw, trailer)
+	if err := bw.Flush(); err != nil {
 		a.logger.Printf("get: %v", err)
 	}
 }

@@ -159,7 +159,13 @@ func (s *Session) call(ctx context.Context, req protocol.Request, body func(io.W
 		return nil, s.failed(ctx, req.Op, err)
 	}
 	if body != nil {
-		if err := body(stream); err != nil {
+		// Buffered: a tar stream is many small writes, and every write to a
+		// yamux stream is a frame and a wait for the session's writer.
+		bw := bufio.NewWriterSize(stream, 256<<10)
+		if err := body(bw); err != nil {
+			return nil, s.failed(ctx, req.Op, err)
+		}
+		if err := bw.Flush(); err != nil {
 			return nil, s.failed(ctx, req.Op, err)
 		}
 	}
@@ -278,8 +284,17 @@ func (s *Session) Get(ctx context.Context, dir string, lim rlmfs.Limits) (rlmfs.
 			return err
 		}
 		var err error
-		st, err = rlmfs.Unpack(ctx, r, dir, lim)
-		return err
+		if st, err = rlmfs.Unpack(ctx, r, dir, lim); err != nil {
+			return err
+		}
+		var trailer protocol.Reply
+		if err := protocol.ReadJSON(r, &trailer); err != nil {
+			return fmt.Errorf("archive ended without its trailer: %w", err)
+		}
+		if !trailer.OK {
+			return fmt.Errorf("the agent could not pack the working directory: %s", trailer.Error)
+		}
+		return nil
 	})
 	return st, err
 }

@@ -80,6 +80,7 @@ EXAMPLES:
    rlmrun run examples/hello-bash.yaml            run every rollout of a spec
    rlmrun validate examples/*.yaml                check specs without running them
    rlmrun schema > rlmrun.schema.json             the JSON Schema, for editors
+   rlmrun cleanup --dry-run                       list what killed runs left behind
    rlmrun version                                 print the version
 
 Exit codes: 0 success, 1 a rollout failed or an expectation was not met,
@@ -97,6 +98,7 @@ Exit codes: 0 success, 1 a rollout failed or an expectation was not met,
 			runCommand(),
 			validateCommand(),
 			schemaCommand(),
+			cleanupCommand(),
 			versionCommand(),
 			agentCommand(),
 			toolCommand(),

@@ -6,11 +6,12 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/rlmrun/rlmrun/backends/local"
+	"github.com/rlmrun/rlmrun/backends/sandbox"
 	"github.com/rlmrun/rlmrun/runner"
 	"github.com/rlmrun/rlmrun/schema"
 )
@@ -53,12 +54,22 @@ EXAMPLES:
 				printPlan(c, file, spec)
 				return nil
 			}
-			if spec.Backend.Type != "local" {
-				return withCode(exitUsage, fmt.Errorf("%s: backend %q is not available in this build", file, spec.Backend.Type))
-			}
-			backend, err := local.New(local.Options{AgentPath: c.String("agent-binary")})
+			agent, err := agentBinary(c.String("agent-binary"))
 			if err != nil {
 				return withCode(exitFailed, err)
+			}
+			backend, err := newBackend(spec, agent)
+			if err != nil {
+				return withCode(exitFailed, err)
+			}
+			defer backend.Close()
+			// What killed runs left behind goes first; a live run's things
+			// are never touched.
+			if ex, ok := backend.(*sandbox.Executor); ok {
+				var buf strings.Builder
+				if n, _ := removeLeftovers(context.Background(), []sandbox.Provider{ex.Provider()}, "", false, &buf); n > 0 {
+					fmt.Fprint(c.App.ErrWriter, "rlmrun: cleaned up after a killed run:\n"+buf.String())
+				}
 			}
 
 			ctx, cancel := context.WithCancel(context.Background())

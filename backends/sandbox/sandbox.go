@@ -1,0 +1,319 @@
+// Package sandbox runs each rollout's agent in an isolated sandbox. A
+// Provider (bubblewrap, Docker, ...) only creates sandboxes, starts a process
+// in one with a byte stream, deletes them, and lists them by label for orphan
+// cleanup: files, cells, tools and sub-LLM calls all travel inside the agent's
+// session over that one stream, exactly as with the local backend.
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/rlmrun/rlmrun/backends"
+	"github.com/rlmrun/rlmrun/backends/client"
+	"github.com/rlmrun/rlmrun/schema"
+)
+
+// Labels rlmrun puts on every sandbox.
+const (
+	LabelManaged    = "rlmrun.managed"     // "true"
+	LabelRun        = "rlmrun.run"         // the run id
+	LabelRollout    = "rlmrun.rollout"     // the rollout id
+	LabelOwnerPID   = "rlmrun.owner.pid"   // the runner's pid
+	LabelOwnerStart = "rlmrun.owner.start" // the runner's start time (clock ticks since boot)
+	LabelOwnerHost  = "rlmrun.owner.host"  // the runner's hostname
+)
+
+// Provider creates and finds sandboxes.
+type Provider interface {
+	// Name is "bwrap", "docker", ...
+	Name() string
+	// Create makes a sandbox ready to start processes in.
+	Create(ctx context.Context, req CreateRequest) (Sandbox, error)
+	// List returns the sandboxes carrying all the given labels.
+	List(ctx context.Context, labels map[string]string) ([]Info, error)
+	// Remove deletes a sandbox found by List, whatever runs in it.
+	Remove(ctx context.Context, id string) error
+	// Close releases what the provider holds for the run.
+	Close() error
+}
+
+// CreateRequest describes a sandbox.
+type CreateRequest struct {
+	// Name is a readable, unique name (rlmrun-RUN-ROLLOUT).
+	Name string
+	// Settings are the spec's resources, network, env and image.
+	Settings schema.Sandbox
+	// Labels to put on the sandbox.
+	Labels map[string]string
+	// Root is the rollout's directory inside the sandbox; it must be writable
+	// by the sandbox's user (the agent creates Root/work and Root/agent).
+	Root string
+}
+
+// Sandbox is one created sandbox.
+type Sandbox interface {
+	ID() string
+	// Start runs argv inside the sandbox; the process's stdin and stdout are
+	// the returned stream.
+	Start(ctx context.Context, argv []string) (Process, error)
+	// Delete kills everything in the sandbox and removes it.
+	Delete(ctx context.Context) error
+}
+
+// Process is a process started in a sandbox.
+type Process interface {
+	io.ReadWriteCloser
+	// Diagnostics returns what the process wrote on stderr, for messages.
+	Diagnostics() string
+}
+
+// Info describes a sandbox found by List.
+type Info struct {
+	ID     string
+	Labels map[string]string
+}
+
+// ErrNotInstalled is returned when a provider's tool is missing.
+var ErrNotInstalled = errors.New("sandbox tool not installed")
+
+// Options configure the executor.
+type Options struct {
+	Provider Provider
+	// AgentPath is the rlmrun binary on this machine; providers put it into
+	// the sandbox (bind mount, archive copy).
+	AgentPath string
+	// Sleep waits between create attempts (tests shorten it).
+	Sleep func(ctx context.Context, d time.Duration) error
+}
+
+// Executor starts agents in sandboxes; it is a runner backend.
+type Executor struct {
+	opts  Options
+	owner map[string]string
+}
+
+// NewExecutor returns an executor over a provider.
+func NewExecutor(opts Options) (*Executor, error) {
+	if opts.Sleep == nil {
+		opts.Sleep = sleepCtx
+	}
+	owner, err := OwnerLabels()
+	if err != nil {
+		return nil, err
+	}
+	return &Executor{opts: opts, owner: owner}, nil
+}
+
+// Name is "sandbox".
+func (e *Executor) Name() string { return "sandbox" }
+
+// Provider is the executor's provider.
+func (e *Executor) Provider() Provider { return e.opts.Provider }
+
+// Close releases the provider.
+func (e *Executor) Close() error { return e.opts.Provider.Close() }
+
+// Backoff is the wait before create attempt n (n ≥ 1): 0.5 s doubling up to
+// 30 s, with up to 25% random jitter, as the reference retried.
+func Backoff(n int) time.Duration {
+	d := 500 * time.Millisecond
+	for i := 1; i < n && d < 30*time.Second; i++ {
+		d *= 2
+	}
+	d = min(d, 30*time.Second)
+	return d + time.Duration(rand.Int64N(int64(d)/4+1))
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Start creates the rollout's sandbox (with retries), starts the agent in it
+// and connects to it. Closing the session deletes the sandbox.
+func (e *Executor) Start(ctx context.Context, req backends.StartRequest) (*client.Session, *backends.Facts, error) {
+	labels := map[string]string{LabelManaged: "true", LabelRun: req.RunID, LabelRollout: req.RolloutID}
+	for k, v := range e.owner {
+		labels[k] = v
+	}
+	for k, v := range req.Sandbox.Labels {
+		labels[k] = v
+	}
+	creq := CreateRequest{
+		Name:     "rlmrun-" + req.RunID + "-" + sanitize(req.RolloutID),
+		Settings: req.Sandbox,
+		Labels:   labels,
+		Root:     req.Root,
+	}
+	facts := &backends.Facts{Backend: "sandbox", Provider: e.opts.Provider.Name()}
+	t0 := time.Now()
+	var sb Sandbox
+	var errs []string
+	for attempt := 1; ; attempt++ {
+		facts.CreateAttempts = attempt
+		var err error
+		sb, err = e.opts.Provider.Create(ctx, creq)
+		if err == nil {
+			break
+		}
+		errs = append(errs, err.Error())
+		if errors.Is(err, ErrNotInstalled) || ctx.Err() != nil || attempt > req.Sandbox.CreateRetries {
+			return nil, facts, fmt.Errorf("create %s sandbox (%d attempt(s)): %s", e.opts.Provider.Name(), attempt, strings.Join(errs, "; "))
+		}
+		if err := e.opts.Sleep(ctx, Backoff(attempt)); err != nil {
+			return nil, facts, err
+		}
+	}
+	facts.CreateMS = float64(time.Since(t0).Microseconds()) / 1000
+	facts.SandboxID = sb.ID()
+	argv := []string{AgentPathInside, "agent"}
+	if req.Language != "" {
+		argv = append(argv, "--language", req.Language, "--python", req.Python)
+	}
+	proc, err := sb.Start(ctx, argv)
+	if err != nil {
+		_ = sb.Delete(context.Background())
+		return nil, facts, fmt.Errorf("start the agent in sandbox %s: %w", sb.ID(), err)
+	}
+	var life *time.Timer
+	if d := req.Sandbox.Lifetime.Duration; d > 0 {
+		// The sandbox does not outlive its lifetime, whatever the rollout does.
+		life = time.AfterFunc(d, func() { _ = sb.Delete(context.Background()) })
+	}
+	sess, err := client.New(client.Options{
+		Conn: proc,
+		Close: func(ctx context.Context) error {
+			if life != nil {
+				life.Stop()
+			}
+			_ = proc.Close()
+			return sb.Delete(ctx)
+		},
+		Diagnostics: proc.Diagnostics,
+	})
+	if err != nil {
+		_ = proc.Close()
+		_ = sb.Delete(context.Background())
+		return nil, facts, err
+	}
+	hello, err := sess.Hello(ctx)
+	if err != nil {
+		_ = sess.Close(context.Background())
+		return nil, facts, err
+	}
+	facts.AgentPID, facts.AgentUID, facts.Hostname = hello.PID, hello.UID, hello.Hostname
+	return sess, facts, nil
+}
+
+// AgentPathInside is where providers put the rlmrun binary in a sandbox.
+const AgentPathInside = "/.rlmrun/rlmrun"
+
+func sanitize(s string) string {
+	return strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '-', r == '.', r == '_':
+			return r
+		}
+		return '_'
+	}, s)
+}
+
+// OwnerLabels identify this process as a sandbox's owner: pid, start time
+// and host, so a later run can tell a dead owner from a live one (a pid alone
+// may have been reused).
+func OwnerLabels() (map[string]string, error) {
+	start, err := ProcessStart(os.Getpid())
+	if err != nil {
+		return nil, err
+	}
+	host, _ := os.Hostname()
+	return map[string]string{
+		LabelOwnerPID:   strconv.Itoa(os.Getpid()),
+		LabelOwnerStart: start,
+		LabelOwnerHost:  host,
+	}, nil
+}
+
+// ProcessStart is a process's start time (field 22 of /proc/PID/stat).
+func ProcessStart(pid int) (string, error) {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return "", err
+	}
+	s := string(b)
+	// The command name may contain spaces and parentheses: fields start after
+	// the last ')'.
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return "", fmt.Errorf("parse /proc/%d/stat", pid)
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 20 {
+		return "", fmt.Errorf("parse /proc/%d/stat", pid)
+	}
+	return f[19], nil
+}
+
+// OwnerAlive reports whether the process that labelled a sandbox still runs.
+// Sandboxes of another host are treated as alive: their owner cannot be
+// checked from here.
+func OwnerAlive(labels map[string]string) bool {
+	host, _ := os.Hostname()
+	if h := labels[LabelOwnerHost]; h != "" && h != host {
+		return true
+	}
+	pid, err := strconv.Atoi(labels[LabelOwnerPID])
+	if err != nil || pid <= 0 {
+		return false
+	}
+	start, err := ProcessStart(pid)
+	return err == nil && start == labels[LabelOwnerStart]
+}
+
+// Orphan is a sandbox whose owner is gone.
+type Orphan struct {
+	Provider string
+	Info
+}
+
+// FindOrphans lists the provider's rlmrun sandboxes whose owner is gone
+// (optionally of one run only).
+func FindOrphans(ctx context.Context, p Provider, runID string) ([]Orphan, error) {
+	sel := map[string]string{LabelManaged: "true"}
+	if runID != "" {
+		sel[LabelRun] = runID
+	}
+	infos, err := p.List(ctx, sel)
+	if err != nil {
+		return nil, err
+	}
+	var out []Orphan
+	for _, in := range infos {
+		if !OwnerAlive(in.Labels) {
+			out = append(out, Orphan{Provider: p.Name(), Info: in})
+		}
+	}
+	return out, nil
+}
+
+// AgentRoot is where a rollout's directory lives inside its sandbox: under
+// the sandbox's private /tmp, named like the local backend's, so the model
+// sees the same paths on every backend.
+func (e *Executor) AgentRoot(runID, rolloutID string) string {
+	return "/tmp/rlmrun-" + runID + "/" + rolloutID
+}
