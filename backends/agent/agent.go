@@ -41,6 +41,10 @@ type Options struct {
 	// at once, so the interpreter starts while the runner sets the rollout up.
 	Language string
 	Python   string
+	// TempDir holds the agent's private directory (default: the system's).
+	// The local backend puts it in the run's directory, which goes away even
+	// if the agent is killed.
+	TempDir string
 }
 
 // Agent serves one rollout.
@@ -75,7 +79,7 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	a := &Agent{opts: opts, session: sess, logger: log.New(opts.Log, "rlmrun agent: ", 0)}
 	defer a.cleanup()
-	if a.private, err = os.MkdirTemp("", "rlmrun-agent-"); err != nil {
+	if a.private, err = os.MkdirTemp(opts.TempDir, "rlmrun-agent-"); err != nil {
 		return fmt.Errorf("agent temp dir: %w", err)
 	}
 	if opts.Language != "" {

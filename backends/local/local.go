@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -44,7 +45,9 @@ func (e *Executor) Name() string { return "local" }
 // The process is in its own process group (Ctrl-C reaches the runner, which
 // ends it in order) and is killed if the runner dies.
 func (e *Executor) Start(ctx context.Context, req backends.StartRequest) (*client.Session, *backends.Facts, error) {
-	args := []string{"agent"}
+	// The agent's private files go next to the rollout's directory, inside
+	// the run's directory: they go with it even if the agent is killed.
+	args := []string{"agent", "--tmp", filepath.Dir(req.Root)}
 	if req.Language != "" {
 		args = append(args, "--language", req.Language, "--python", req.Python)
 	}

@@ -22,6 +22,7 @@ func agentCommand() *cli.Command {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "language", Usage: "spawn a worker for `LANG` at once (bash, python)"},
 			&cli.StringFlag{Name: "python", Usage: "interpreter of the Python worker"},
+			&cli.StringFlag{Name: "tmp", Usage: "make the agent's private directory in `DIR`"},
 		},
 		Action: func(c *cli.Context) error {
 			// Ctrl-C is the runner's to handle: it ends agents in order.
@@ -35,6 +36,7 @@ func agentCommand() *cli.Command {
 				Self:     self,
 				Language: c.String("language"),
 				Python:   c.String("python"),
+				TempDir:  c.String("tmp"),
 			})
 			if err != nil {
 				return withCode(exitFailed, err)

@@ -65,11 +65,13 @@ EXAMPLES:
 			defer backend.Close()
 			// What killed runs left behind goes first; a live run's things
 			// are never touched.
+			var providers []sandbox.Provider
 			if ex, ok := backend.(*sandbox.Executor); ok {
-				var buf strings.Builder
-				if n, _ := removeLeftovers(context.Background(), []sandbox.Provider{ex.Provider()}, "", false, &buf); n > 0 {
-					fmt.Fprint(c.App.ErrWriter, "rlmrun: cleaned up after a killed run:\n"+buf.String())
-				}
+				providers = append(providers, ex.Provider())
+			}
+			var buf strings.Builder
+			if n, _ := removeLeftovers(context.Background(), providers, "", false, &buf); n > 0 {
+				fmt.Fprint(c.App.ErrWriter, "rlmrun: cleaned up after a killed run:\n"+buf.String())
 			}
 
 			ctx, cancel := context.WithCancel(context.Background())
