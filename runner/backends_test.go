@@ -1,8 +1,12 @@
 package runner
 
 import (
+	"context"
+	"time"
+
 	"bytes"
 	"encoding/json"
+	"github.com/rlmrun/rlmrun/internal/testbin"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +15,7 @@ import (
 	"github.com/rlmrun/rlmrun/backends/local"
 	"github.com/rlmrun/rlmrun/backends/sandbox"
 	"github.com/rlmrun/rlmrun/backends/sandbox/bwrap"
+	"github.com/rlmrun/rlmrun/backends/sandbox/docker"
 	"github.com/rlmrun/rlmrun/schema"
 )
 
@@ -30,9 +35,8 @@ func deterministic(t *testing.T, r *Result) []byte {
 // and in a bubblewrap sandbox: the deterministic part of every result must
 // be byte-identical, paths shown to the model included.
 func TestExamplesSameOnEveryBackend(t *testing.T) {
-	if _, err := exec.LookPath("bwrap"); err != nil {
-		t.Skip("bubblewrap is not installed (scripts/test installs it)")
-	}
+	_, err := exec.LookPath("bwrap")
+	testbin.Need(t, err == nil, "bubblewrap")
 	specs, _ := filepath.Glob("../examples/*.yaml")
 	more, _ := filepath.Glob("../examples/*/*.yaml")
 	specs = append(specs, more...)
@@ -47,10 +51,14 @@ func TestExamplesSameOnEveryBackend(t *testing.T) {
 	if err := os.Chmod(state, 0o711); err != nil {
 		t.Fatal(err)
 	}
+	backendsToTry := []string{"local", "sandbox"}
+	if dockerReady(t) {
+		backendsToTry = append(backendsToTry, "docker")
+	}
 	for _, path := range specs {
 		t.Run(filepath.Base(filepath.Dir(path))+"/"+filepath.Base(path), func(t *testing.T) {
 			results := map[string]map[string][]byte{}
-			for _, be := range []string{"local", "sandbox"} {
+			for _, be := range backendsToTry {
 				spec, err := schema.Load(path)
 				if err != nil {
 					t.Fatal(err)
@@ -58,9 +66,19 @@ func TestExamplesSameOnEveryBackend(t *testing.T) {
 				spec.Backend.Type = be
 				spec.Retention.Filesystem = false
 				var b Backend
-				if be == "local" {
+				switch be {
+				case "local":
 					b, err = local.New(local.Options{AgentPath: agentBin})
-				} else {
+				case "docker":
+					spec.Backend.Type = "sandbox"
+					spec.Backend.Sandbox.Provider = "docker"
+					spec.Backend.Sandbox.Image, spec.Backend.Sandbox.Pull = dockerTestImage, "never"
+					p, perr := docker.New(context.Background(), docker.Options{AgentPath: agentBin})
+					if perr != nil {
+						t.Fatal(perr)
+					}
+					b, err = sandbox.NewExecutor(sandbox.Options{Provider: p, AgentPath: agentBin})
+				default:
 					p, perr := bwrap.New(bwrap.Options{AgentPath: agentBin, StateRoot: state})
 					if perr != nil {
 						t.Fatal(perr)
@@ -83,9 +101,11 @@ func TestExamplesSameOnEveryBackend(t *testing.T) {
 					results[be][r.ID] = deterministic(t, r)
 				}
 			}
-			for id, l := range results["local"] {
-				if s := results["sandbox"][id]; !bytes.Equal(l, s) {
-					t.Errorf("%s differs between backends:\n local   %s\n sandbox %s", id, l, s)
+			for _, be := range backendsToTry[1:] {
+				for id, l := range results["local"] {
+					if s := results[be][id]; !bytes.Equal(l, s) {
+						t.Errorf("%s differs between local and %s:\n local %s\n %s %s", id, be, l, be, s)
+					}
 				}
 			}
 		})
@@ -96,9 +116,8 @@ func TestExamplesSameOnEveryBackend(t *testing.T) {
 // downloaded, the rollout errors and is not scored on stale files (the
 // reference only logged a warning).
 func TestFailedSyncBackIsAnError(t *testing.T) {
-	if _, err := exec.LookPath("bwrap"); err != nil {
-		t.Skip("bubblewrap is not installed (scripts/test installs it)")
-	}
+	_, err := exec.LookPath("bwrap")
+	testbin.Need(t, err == nil, "bubblewrap")
 	state, err := os.MkdirTemp("/tmp", "rlmrun-test-state-")
 	if err != nil {
 		t.Fatal(err)
@@ -131,4 +150,27 @@ rollouts:
 	if want := "sync the working directory back"; !bytes.Contains([]byte(r.Error), []byte(want)) {
 		t.Fatalf("error %q lacks %q", r.Error, want)
 	}
+}
+
+// dockerTestImage is built by scripts/docker-test-image.
+const dockerTestImage = "rlmrun-test:latest"
+
+// dockerReady reports whether a Docker daemon with the test image answers;
+// without one the Docker leg is skipped (or fails, when required).
+func dockerReady(t *testing.T) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := docker.New(ctx, docker.Options{}); err != nil {
+		if testbin.Required() {
+			t.Fatalf("no Docker daemon (%v), and RLMRUN_REQUIRE_ALL is set", err)
+		}
+		t.Logf("no Docker daemon (%v): the Docker leg is skipped", err)
+		return false
+	}
+	if exec.Command("docker", "image", "inspect", dockerTestImage).Run() != nil {
+		if out, err := exec.Command("../scripts/docker-test-image", dockerTestImage).CombinedOutput(); err != nil {
+			t.Fatalf("build %s: %v\n%s", dockerTestImage, err, out)
+		}
+	}
+	return true
 }

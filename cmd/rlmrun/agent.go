@@ -5,10 +5,12 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/rlmrun/rlmrun/backends/agent"
+	"github.com/rlmrun/rlmrun/backends/sandbox/docker"
 )
 
 // agentCommand is what the runner starts next to the REPL (locally or in a
@@ -23,12 +25,16 @@ func agentCommand() *cli.Command {
 			&cli.StringFlag{Name: "language", Usage: "spawn a worker for `LANG` at once (bash, python)"},
 			&cli.StringFlag{Name: "python", Usage: "interpreter of the Python worker"},
 			&cli.StringFlag{Name: "tmp", Usage: "make the agent's private directory in `DIR`"},
+			&cli.StringFlag{Name: "mark", Usage: "create `FILE` once running (a container's init waits for it)"},
 		},
 		Action: func(c *cli.Context) error {
 			// Ctrl-C is the runner's to handle: it ends agents in order.
 			signal.Ignore(syscall.SIGINT)
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 			defer stop()
+			if m := c.String("mark"); m != "" {
+				_ = os.WriteFile(m, nil, 0o644)
+			}
 			self, _ := os.Executable()
 			err := agent.Run(ctx, agent.Options{
 				Conn:     agent.StdioConn{In: os.Stdin, Out: os.Stdout},
@@ -40,6 +46,26 @@ func agentCommand() *cli.Command {
 			})
 			if err != nil {
 				return withCode(exitFailed, err)
+			}
+			return nil
+		},
+	}
+}
+
+// sandboxInitCommand is a Docker sandbox's first process.
+func sandboxInitCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "sandbox-init",
+		Usage:     "keep a sandbox container alive for its agent (started by rlmrun itself)",
+		UsageText: "rlmrun sandbox-init --lifetime 1h\n\nEXAMPLE:\n   rlmrun sandbox-init --lifetime 1h   (a container's first process)",
+		Hidden:    true,
+		Flags: []cli.Flag{
+			&cli.DurationFlag{Name: "lifetime", Value: time.Hour},
+			&cli.DurationFlag{Name: "wait-agent", Value: 5 * time.Minute},
+		},
+		Action: func(c *cli.Context) error {
+			if code := docker.Init(c.Duration("lifetime"), c.Duration("wait-agent")); code != 0 {
+				return withCode(code, nil)
 			}
 			return nil
 		},

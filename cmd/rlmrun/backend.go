@@ -9,6 +9,7 @@ import (
 	"github.com/rlmrun/rlmrun/backends/local"
 	"github.com/rlmrun/rlmrun/backends/sandbox"
 	"github.com/rlmrun/rlmrun/backends/sandbox/bwrap"
+	"github.com/rlmrun/rlmrun/backends/sandbox/docker"
 	"github.com/rlmrun/rlmrun/runner"
 	"github.com/rlmrun/rlmrun/schema"
 )
@@ -58,8 +59,10 @@ func newProvider(name, agent string) (sandbox.Provider, error) {
 	switch name {
 	case "bwrap":
 		return bwrap.New(bwrap.Options{AgentPath: agent})
+	case "docker":
+		return docker.New(context.Background(), docker.Options{AgentPath: agent, Progress: os.Stderr})
 	}
-	return nil, fmt.Errorf("sandbox provider %q is not available in this build", name)
+	return nil, fmt.Errorf("unknown sandbox provider %q", name)
 }
 
 // removeLeftovers removes what killed runs left behind (their run

@@ -3,11 +3,13 @@ package main
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/rlmrun/rlmrun/backends/sandbox"
 	"github.com/rlmrun/rlmrun/backends/sandbox/bwrap"
+	"github.com/rlmrun/rlmrun/backends/sandbox/docker"
 )
 
 func cleanupCommand() *cli.Command {
@@ -31,6 +33,12 @@ EXAMPLES:
 		Action: func(c *cli.Context) error {
 			var providers []sandbox.Provider
 			if p, err := bwrap.New(bwrap.Options{}); err == nil {
+				providers = append(providers, p)
+			}
+			// Containers too, when a Docker daemon answers.
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if p, err := docker.New(ctx, docker.Options{}); err == nil {
 				providers = append(providers, p)
 			}
 			n, err := removeLeftovers(context.Background(), providers, c.String("run"), c.Bool("dry-run"), c.App.Writer)

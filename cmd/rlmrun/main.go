@@ -101,6 +101,7 @@ Exit codes: 0 success, 1 a rollout failed or an expectation was not met,
 			cleanupCommand(),
 			versionCommand(),
 			agentCommand(),
+			sandboxInitCommand(),
 			toolCommand(),
 		},
 		Action: func(c *cli.Context) error {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"github.com/rlmrun/rlmrun/internal/testbin"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -39,9 +40,8 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // left on disk is found by `rlmrun cleanup` and removed, and a live
 // concurrent run's sandbox is never touched.
 func TestSIGKILLLeavesNoProcessAndCleanupFindsTheRest(t *testing.T) {
-	if _, err := exec.LookPath("bwrap"); err != nil {
-		t.Skip("bubblewrap is not installed (scripts/test installs it)")
-	}
+	_, err := exec.LookPath("bwrap")
+	testbin.Need(t, err == nil, "bubblewrap")
 	tmp, err := os.MkdirTemp("/tmp", "rlmrun-test-tmp-")
 	if err != nil {
 		t.Fatal(err)

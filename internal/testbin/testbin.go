@@ -20,3 +20,24 @@ func Build(dir string) (string, error) {
 	}
 	return out, nil
 }
+
+// Required reports whether tests must fail, not skip, when a system tool
+// they need is missing: scripts/test installs everything and sets
+// RLMRUN_REQUIRE_ALL=1, so CI never passes by skipping.
+func Required() bool { return os.Getenv("RLMRUN_REQUIRE_ALL") != "" }
+
+// Need skips (or, when Required, fails) a test whose tool is missing.
+func Need(t interface {
+	Helper()
+	Skipf(string, ...any)
+	Fatalf(string, ...any)
+}, ok bool, what string) {
+	t.Helper()
+	if ok {
+		return
+	}
+	if Required() {
+		t.Fatalf("%s is not available, and RLMRUN_REQUIRE_ALL is set", what)
+	}
+	t.Skipf("%s is not available (scripts/test installs it)", what)
+}

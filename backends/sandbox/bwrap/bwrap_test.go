@@ -25,6 +25,10 @@ var agentBin string
 
 func TestMain(m *testing.M) {
 	if _, err := exec.LookPath("bwrap"); err != nil {
+		if testbin.Required() {
+			fmt.Println("FAIL: bubblewrap is not installed, and RLMRUN_REQUIRE_ALL is set")
+			os.Exit(1)
+		}
 		fmt.Println("SKIP: bubblewrap is not installed (apt-get install -y bubblewrap; scripts/test installs it)")
 		os.Exit(0)
 	}
