@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"bytes"
-	"encoding/json"
 	"github.com/rlmrun/rlmrun/internal/testbin"
 	"os"
 	"os/exec"
@@ -19,16 +18,43 @@ import (
 	"github.com/rlmrun/rlmrun/schema"
 )
 
-// deterministic is a result without its volatile part, as JSON.
+// deterministic is a result without its volatile part, as the golden file
+// and the digest see it.
 func deterministic(t *testing.T, r *Result) []byte {
 	t.Helper()
-	c := *r
-	c.Volatile = Volatile{}
-	b, err := json.Marshal(c)
+	b, err := Deterministic(r)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// newBwrap is a bubblewrap sandbox executor on a state root of its own
+// (removed when the test ends; sandboxes run as an unprivileged user, so it
+// must be traversable by it). The provider is returned to be closed early by
+// tests that check what is left after it.
+func newBwrap(t testing.TB) (*sandbox.Executor, *bwrap.Provider, string) {
+	t.Helper()
+	_, err := exec.LookPath("bwrap")
+	testbin.Need(t, err == nil, "bubblewrap")
+	state, err := os.MkdirTemp("/tmp", "rlmrun-test-state-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(state) })
+	if err := os.Chmod(state, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	p, err := bwrap.New(bwrap.Options{AgentPath: agentBin, StateRoot: state})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Close() })
+	ex, err := sandbox.NewExecutor(sandbox.Options{Provider: p, AgentPath: agentBin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ex, p, state
 }
 
 // TestExamplesSameOnEveryBackend runs every example on the local backend
@@ -42,14 +68,6 @@ func TestExamplesSameOnEveryBackend(t *testing.T) {
 	specs = append(specs, more...)
 	if len(specs) < 6 {
 		t.Fatalf("only %d examples", len(specs))
-	}
-	state, err := os.MkdirTemp("/tmp", "rlmrun-test-state-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(state)
-	if err := os.Chmod(state, 0o711); err != nil {
-		t.Fatal(err)
 	}
 	backendsToTry := []string{"local", "sandbox"}
 	if dockerReady(t) {
@@ -79,12 +97,7 @@ func TestExamplesSameOnEveryBackend(t *testing.T) {
 					}
 					b, err = sandbox.NewExecutor(sandbox.Options{Provider: p, AgentPath: agentBin})
 				default:
-					p, perr := bwrap.New(bwrap.Options{AgentPath: agentBin, StateRoot: state})
-					if perr != nil {
-						t.Fatal(perr)
-					}
-					defer p.Close()
-					b, err = sandbox.NewExecutor(sandbox.Options{Provider: p, AgentPath: agentBin})
+					b, _, _ = newBwrap(t)
 				}
 				if err != nil {
 					t.Fatal(err)
@@ -116,23 +129,7 @@ func TestExamplesSameOnEveryBackend(t *testing.T) {
 // downloaded, the rollout errors and is not scored on stale files (the
 // reference only logged a warning).
 func TestFailedSyncBackIsAnError(t *testing.T) {
-	_, err := exec.LookPath("bwrap")
-	testbin.Need(t, err == nil, "bubblewrap")
-	state, err := os.MkdirTemp("/tmp", "rlmrun-test-state-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(state)
-	_ = os.Chmod(state, 0o711)
-	p, err := bwrap.New(bwrap.Options{AgentPath: agentBin, StateRoot: state})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	ex, err := sandbox.NewExecutor(sandbox.Options{Provider: p, AgentPath: agentBin})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ex, _, _ := newBwrap(t)
 	spec := loadSpec(t, `version: 1
 name: sync-fails
 backend: {type: sandbox}

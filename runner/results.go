@@ -144,7 +144,8 @@ func (w *resultsWriter) Close() error {
 	return first
 }
 
-// WriteSummary prints the summary table of a run.
+// WriteSummary prints the summary table of a run, its count line, its
+// problems and where the results are.
 func WriteSummary(w io.Writer, rep *Report) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ROLLOUT\tSTATUS\tREWARD\tTURNS\tTIME\tANSWER\t")
@@ -160,6 +161,15 @@ func WriteSummary(w io.Writer, rep *Report) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%.2fs\t%s\t\n", r.ID, status, reward, len(r.Turns), r.Volatile.Seconds, oneLine(r.Answer, 40))
 	}
 	tw.Flush()
+	fmt.Fprintln(w, SummaryLine(rep))
+	WriteProblems(w, rep)
+	if rep.ResultsPath != "" {
+		fmt.Fprintf(w, "results: %s\n", rep.ResultsPath)
+	}
+}
+
+// SummaryLine counts the run's rollouts by status.
+func SummaryLine(rep *Report) string {
 	counts := map[string]int{}
 	failed := 0
 	for _, r := range rep.Results {
@@ -168,12 +178,12 @@ func WriteSummary(w io.Writer, rep *Report) {
 			failed++
 		}
 	}
-	var parts []string
 	keys := make([]string, 0, len(counts))
 	for k := range counts {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
+	parts := make([]string, 0, len(keys))
 	for _, k := range keys {
 		parts = append(parts, fmt.Sprintf("%d %s", counts[k], k))
 	}
@@ -181,10 +191,14 @@ func WriteSummary(w io.Writer, rep *Report) {
 	if failed > 0 {
 		line += fmt.Sprintf("; %d did not pass", failed)
 	}
-	if rep.NotStarted > 0 {
-		line += fmt.Sprintf("; %d not started", rep.NotStarted)
+	if len(rep.NotStarted) > 0 {
+		line += fmt.Sprintf("; %d not started", len(rep.NotStarted))
 	}
-	fmt.Fprintln(w, line)
+	return line
+}
+
+// WriteProblems lists errors and unmet expectations, expected versus got.
+func WriteProblems(w io.Writer, rep *Report) {
 	for _, r := range rep.Results {
 		if r.Error != "" {
 			fmt.Fprintf(w, "  %s: %s\n", r.ID, r.Error)
@@ -194,9 +208,6 @@ func WriteSummary(w io.Writer, rep *Report) {
 				fmt.Fprintf(w, "  %s: expected %s %s, got %s\n", r.ID, e.Field, e.Expected, e.Got)
 			}
 		}
-	}
-	if rep.ResultsPath != "" {
-		fmt.Fprintf(w, "results: %s\n", rep.ResultsPath)
 	}
 }
 

@@ -51,6 +51,9 @@ type Options struct {
 	OnResult func(*Result)
 	// OnStart is called as each rollout starts.
 	OnStart func(id string)
+	// Drain, once closed, stops starting rollouts; running ones finish.
+	// Cancelling Run's context cancels the running ones too.
+	Drain <-chan struct{}
 }
 
 // Report is the outcome of a run.
@@ -59,7 +62,9 @@ type Report struct {
 	Dir         string // retention dir / run id
 	ResultsPath string
 	Results     []*Result // in spec order
-	NotStarted  int
+	// NotStarted are the ids of the rollouts an interruption kept from
+	// starting, in spec order.
+	NotStarted  []string
 	Interrupted bool
 }
 
@@ -158,17 +163,33 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	var wg sync.WaitGroup
 	var writeErr error
 	var mu sync.Mutex
+	drained := func() bool {
+		select {
+		case <-opts.Drain:
+			return true
+		default:
+			return ctx.Err() != nil
+		}
+	}
+	notStarted := func(from int) {
+		for _, in := range insts[from:] {
+			rep.NotStarted = append(rep.NotStarted, in.ID)
+		}
+	}
 loop:
 	for i, in := range insts {
 		select {
 		case sem <- struct{}{}:
 		case <-ctx.Done():
-			rep.NotStarted = len(insts) - i
+			notStarted(i)
+			break loop
+		case <-opts.Drain:
+			notStarted(i)
 			break loop
 		}
-		if ctx.Err() != nil {
+		if drained() {
 			<-sem
-			rep.NotStarted = len(insts) - i
+			notStarted(i)
 			break
 		}
 		wg.Add(1)
@@ -196,7 +217,7 @@ loop:
 			rep.Results = append(rep.Results, res)
 		}
 	}
-	rep.Interrupted = ctx.Err() != nil
+	rep.Interrupted = drained()
 	if err := r.results.Close(); err != nil {
 		writeErr = multierror.Append(writeErr, err)
 	}

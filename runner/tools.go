@@ -96,11 +96,21 @@ func bindArgs(t schema.Tool, args []any, kwargs map[string]any) (map[string]any,
 
 // runHostTool runs a tool's command: the call as JSON on stdin, its stdout
 // the result (JSON when it parses, else the text), a non-zero exit or the
-// tool's timeout an error carrying stderr. It runs in the spec's folder.
-func runHostTool(ctx context.Context, t schema.Tool, dir string, call toolCall) (any, error) {
+// tool's timeout an error carrying stderr. It runs in the spec's folder. cpu
+// is what the tool's processes used (user + system), for the run's time
+// split.
+func runHostTool(ctx context.Context, t schema.Tool, dir string, call toolCall) (res any, cpu time.Duration, err error) {
+	res, p, err := startHostTool(ctx, t, dir, call)
+	if p != nil && p.State() != nil {
+		cpu = p.State().UserTime() + p.State().SystemTime()
+	}
+	return res, cpu, err
+}
+
+func startHostTool(ctx context.Context, t schema.Tool, dir string, call toolCall) (any, *procs.Proc, error) {
 	args, err := bindArgs(t, call.Args, call.Kwargs)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	call.Arguments = args
 	if call.Args == nil {
@@ -108,7 +118,7 @@ func runHostTool(ctx context.Context, t schema.Tool, dir string, call toolCall) 
 	}
 	in, err := json.Marshal(call)
 	if err != nil {
-		return nil, &tunnel.BadRequest{Msg: fmt.Sprintf("arguments are not JSON: %v", err)}
+		return nil, nil, &tunnel.BadRequest{Msg: fmt.Sprintf("arguments are not JSON: %v", err)}
 	}
 	timeout := t.Timeout.Duration
 	argv := t.Run.Args()
@@ -123,7 +133,7 @@ func runHostTool(ctx context.Context, t schema.Tool, dir string, call toolCall) 
 	cmd.Env = append(os.Environ(), "RLM_TOOL_NAME="+t.Name, "RLM_TOOL_ROLE="+call.Role)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		return nil, &tunnel.ToolError{Msg: fmt.Sprintf("tool %s could not start: %v", t.Name, err)}
+		return nil, nil, &tunnel.ToolError{Msg: fmt.Sprintf("tool %s could not start: %v", t.Name, err)}
 	}
 	p := procs.Watch(cmd)
 	timer := time.NewTimer(timeout)
@@ -133,23 +143,23 @@ func runHostTool(ctx context.Context, t schema.Tool, dir string, call toolCall) 
 	case <-timer.C:
 		p.Kill()
 		<-p.Exited()
-		return nil, &tunnel.ToolError{Msg: fmt.Sprintf("tool %s timed out after %s%s", t.Name, t.Timeout.Duration, stderrSuffix(stderr.String()))}
+		return nil, p, &tunnel.ToolError{Msg: fmt.Sprintf("tool %s timed out after %s%s", t.Name, t.Timeout.Duration, stderrSuffix(stderr.String()))}
 	case <-ctx.Done():
 		p.Kill()
 		<-p.Exited()
-		return nil, ctx.Err()
+		return nil, p, ctx.Err()
 	}
 	if err := p.Err(); err != nil {
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {
-			return nil, &tunnel.ToolError{Msg: fmt.Sprintf("tool %s failed (%s)%s", t.Name, ee.ProcessState.String(), stderrSuffix(stderr.String()))}
+			return nil, p, &tunnel.ToolError{Msg: fmt.Sprintf("tool %s failed (%s)%s", t.Name, ee.ProcessState.String(), stderrSuffix(stderr.String()))}
 		}
-		return nil, &tunnel.ToolError{Msg: fmt.Sprintf("tool %s failed: %v", t.Name, err)}
+		return nil, p, &tunnel.ToolError{Msg: fmt.Sprintf("tool %s failed: %v", t.Name, err)}
 	}
 	if stdout.over {
-		return nil, &tunnel.ToolError{Msg: fmt.Sprintf("tool %s printed more than %d bytes", t.Name, maxToolOutput)}
+		return nil, p, &tunnel.ToolError{Msg: fmt.Sprintf("tool %s printed more than %d bytes", t.Name, maxToolOutput)}
 	}
-	return parseResult(stdout.buf.Bytes()), nil
+	return parseResult(stdout.buf.Bytes()), p, nil
 }
 
 func stderrSuffix(s string) string {

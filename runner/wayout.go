@@ -43,6 +43,9 @@ type metrics struct {
 	batchTime         time.Duration
 	rootToolTime      time.Duration
 	rootToolTimeCount int
+	hostToolTime      time.Duration // wall time of host tool processes (root and sub)
+	hostToolCPU       time.Duration // their CPU time (user + system)
+	hostToolCalls     int
 }
 
 // callTimeout is the reference's sub-LLM call timeout for a cell timeout
@@ -114,11 +117,23 @@ func (w *wayOut) rootTool(t schema.Tool) tunnel.ToolFunc {
 	return func(ctx context.Context, args []any, kwargs map[string]any) (any, []string, error) {
 		start := time.Now()
 		defer func() { w.countRoot(t.Name, time.Since(start)) }()
-		res, err := runHostTool(ctx, t, w.ro.r.spec.Dir, toolCall{
+		res, err := w.runHostTool(ctx, t, toolCall{
 			Tool: t.Name, Role: "root", Rollout: w.ro.inst.ID, Args: args, Kwargs: kwargs, Vars: w.ro.inst.Rollout.Vars,
 		})
 		return res, nil, err
 	}
+}
+
+// runHostTool runs a tool's command and accounts for its time.
+func (w *wayOut) runHostTool(ctx context.Context, t schema.Tool, call toolCall) (any, error) {
+	start := time.Now()
+	res, cpu, err := runHostTool(ctx, t, w.ro.r.spec.Dir, call)
+	w.mu.Lock()
+	w.metrics.hostToolTime += time.Since(start)
+	w.metrics.hostToolCPU += cpu
+	w.metrics.hostToolCalls++
+	w.mu.Unlock()
+	return res, err
 }
 
 // callSubTool runs a sub tool for a sub-LLM; its result becomes the tool
@@ -126,7 +141,7 @@ func (w *wayOut) rootTool(t schema.Tool) tunnel.ToolFunc {
 func (w *wayOut) callSubTool(ctx context.Context, name string, args map[string]any) (string, error) {
 	for _, t := range w.sub {
 		if t.Name == name {
-			res, err := runHostTool(ctx, t, w.ro.r.spec.Dir, toolCall{
+			res, err := w.runHostTool(ctx, t, toolCall{
 				Tool: name, Role: "sub", Rollout: w.ro.inst.ID, Kwargs: args, Vars: w.ro.inst.Rollout.Vars,
 			})
 			if err != nil {
@@ -285,6 +300,9 @@ func (w *wayOut) fill(det, vol map[string]any) {
 	if n := len(m.batchSizes); n > 0 {
 		vol["llm_batch_mean_time_seconds"] = m.batchTime.Seconds() / float64(n)
 	}
+	vol["host_tool_seconds"] = m.hostToolTime.Seconds()
+	vol["host_tool_cpu_seconds"] = m.hostToolCPU.Seconds()
+	vol["host_tool_processes"] = m.hostToolCalls
 	if m.rootToolTimeCount > 0 {
 		vol["root_tool_non_llm_mean_time_seconds"] = m.rootToolTime.Seconds() / float64(m.rootToolTimeCount)
 	}

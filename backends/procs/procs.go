@@ -4,6 +4,7 @@ package procs
 
 import (
 	"context"
+	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -33,6 +34,9 @@ func (p *Proc) Exited() <-chan struct{} { return p.exited }
 
 // Err is the process's exit error, valid after Exited.
 func (p *Proc) Err() error { return p.err }
+
+// State is the process's exit state (resource usage included), valid after Exited.
+func (p *Proc) State() *os.ProcessState { return p.cmd.ProcessState }
 
 // Stop waits up to grace for the process to exit by itself, then kills its
 // process group and waits.

@@ -66,7 +66,7 @@ func TestDockerSIGKILL(t *testing.T) {
 		}
 		return false
 	})
-	waitFor(t, "the cell to run", func() bool { return len(procsNamed(marker)) > 0 })
+	waitFor(t, "the cell to run", func() bool { return len(testbin.Procs(marker)) > 0 })
 	_ = cmd.Process.Kill()
 	_ = cmd.Wait()
 	waitFor(t, "the killed run's container to go", func() bool { return len(containers(t, p, runID)) == 0 })

@@ -103,11 +103,25 @@ func readResults(t *testing.T, path string) []map[string]any {
 	return out
 }
 
-// TestInterruptedRunExitCode sends SIGINT and SIGTERM to a running rlmrun:
-// it must exit with 130 / 143, keep the finished rollout's result and leave
-// no process or temporary directory behind.
+// statuses reads the one results file under out: rollout id to status.
+func statuses(t *testing.T, out string) map[string]string {
+	t.Helper()
+	results, _ := filepath.Glob(filepath.Join(out, "*", "results.jsonl"))
+	if len(results) != 1 {
+		t.Fatalf("results: %v", results)
+	}
+	got := map[string]string{}
+	for _, r := range readResults(t, results[0]) {
+		got[r["id"].(string)] = r["status"].(string)
+	}
+	return got
+}
+
+// TestInterruptedRunExitCode sends SIGTERM to a running rlmrun: it must
+// cancel at once, exit with 143, keep the finished rollout's result and
+// leave no process or temporary directory behind. (SIGINT: TestCtrlC.)
 func TestInterruptedRunExitCode(t *testing.T) {
-	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
+	for _, sig := range []syscall.Signal{syscall.SIGTERM} {
 		t.Run(sig.String(), func(t *testing.T) {
 			dir := t.TempDir()
 			spec := filepath.Join(dir, "spec.yaml")
@@ -126,10 +140,10 @@ func TestInterruptedRunExitCode(t *testing.T) {
 				t.Fatal(err)
 			}
 			deadline := time.Now().Add(20 * time.Second)
-			for len(procsNamed(marker)) == 0 && time.Now().Before(deadline) {
+			for len(testbin.Procs(marker)) == 0 && time.Now().Before(deadline) {
 				time.Sleep(20 * time.Millisecond)
 			}
-			if len(procsNamed(marker)) == 0 {
+			if len(testbin.Procs(marker)) == 0 {
 				_ = cmd.Process.Kill()
 				t.Fatalf("the slow cell never started\n%s", stderr.String())
 			}
@@ -139,36 +153,16 @@ func TestInterruptedRunExitCode(t *testing.T) {
 			if code := cmd.ProcessState.ExitCode(); code != want {
 				t.Fatalf("exit code %d (%v), want %d\n%s", code, err, want, stderr.String())
 			}
-			if left := procsNamed(marker); len(left) > 0 {
+			if left := testbin.Procs(marker); len(left) > 0 {
 				t.Errorf("processes left behind: %v", left)
 			}
 			if entries, _ := os.ReadDir(tmp); len(entries) != 0 {
 				t.Errorf("temp files left behind: %v", entries)
 			}
-			results, _ := filepath.Glob(filepath.Join(out, "*", "results.jsonl"))
-			if len(results) != 1 {
-				t.Fatalf("results: %v", results)
-			}
-			got := map[string]string{}
-			for _, r := range readResults(t, results[0]) {
-				got[r["id"].(string)] = r["status"].(string)
-			}
+			got := statuses(t, out)
 			if got["quick"] != "completed" || got["slow"] != "error" {
 				t.Errorf("statuses: %v", got)
 			}
 		})
 	}
-}
-
-// procsNamed lists processes whose argv[0] is name.
-func procsNamed(name string) []string {
-	var out []string
-	dirs, _ := os.ReadDir("/proc")
-	for _, d := range dirs {
-		b, err := os.ReadFile(filepath.Join("/proc", d.Name(), "cmdline"))
-		if err == nil && strings.HasPrefix(string(b), name+"\x00") {
-			out = append(out, d.Name())
-		}
-	}
-	return out
 }

@@ -58,7 +58,7 @@ func TestSIGKILLLeavesNoProcessAndCleanupFindsTheRest(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, marker+" to run in its sandbox", func() bool { return len(procsNamed(marker)) > 0 })
+		waitFor(t, marker+" to run in its sandbox", func() bool { return len(testbin.Procs(marker)) > 0 })
 		return cmd
 	}
 	killed := fmt.Sprintf("rlmrun-killed-%d", os.Getpid())
@@ -73,7 +73,7 @@ func TestSIGKILLLeavesNoProcessAndCleanupFindsTheRest(t *testing.T) {
 	_ = victim.Process.Kill()
 	_ = victim.Wait()
 	// bwrap's --die-with-parent takes the whole sandbox down with the runner.
-	waitFor(t, "the killed run's sandbox to die", func() bool { return len(procsNamed(killed)) == 0 })
+	waitFor(t, "the killed run's sandbox to die", func() bool { return len(testbin.Procs(killed)) == 0 })
 
 	cleanup := func(args ...string) string {
 		cmd := exec.Command(rlmrunBin, append([]string{"cleanup"}, args...)...)
@@ -99,7 +99,7 @@ func TestSIGKILLLeavesNoProcessAndCleanupFindsTheRest(t *testing.T) {
 		t.Fatalf("something is left:\n%s", again)
 	}
 	// The live run still runs, in its sandbox.
-	if len(procsNamed(live)) == 0 {
+	if len(testbin.Procs(live)) == 0 {
 		t.Fatal("cleanup touched the live run's sandbox")
 	}
 	states, _ := filepath.Glob(filepath.Join(tmp, "rlmrun-sandboxes", "rlmrun-*"))
@@ -109,7 +109,7 @@ func TestSIGKILLLeavesNoProcessAndCleanupFindsTheRest(t *testing.T) {
 	// And the live run, stopped, cleans up after itself.
 	_ = survivor.Process.Signal(syscall.SIGTERM)
 	_ = survivor.Wait()
-	waitFor(t, "the live run's sandbox to go", func() bool { return len(procsNamed(live)) == 0 })
+	waitFor(t, "the live run's sandbox to go", func() bool { return len(testbin.Procs(live)) == 0 })
 	if states, _ := filepath.Glob(filepath.Join(tmp, "rlmrun-sandboxes", "*")); len(states) != 0 {
 		t.Fatalf("left after a clean stop: %v", states)
 	}

@@ -41,3 +41,17 @@ func Need(t interface {
 	}
 	t.Skipf("%s is not available (scripts/test installs it)", what)
 }
+
+// Procs lists the processes whose argv[0] is name: tests start what must
+// not outlive them under a unique name (`exec -a NAME sleep 1000`).
+func Procs(name string) []string {
+	var out []string
+	dirs, _ := os.ReadDir("/proc")
+	for _, d := range dirs {
+		b, err := os.ReadFile(filepath.Join("/proc", d.Name(), "cmdline"))
+		if err == nil && strings.HasPrefix(string(b), name+"\x00") {
+			out = append(out, d.Name())
+		}
+	}
+	return out
+}

@@ -178,7 +178,7 @@ func TestHostUIDIsUnprivileged(t *testing.T) {
 	go func() { run(t, sess, "exec -a "+marker+" sleep 5") }()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
-		for _, pid := range pidsWith(marker) {
+		for _, pid := range testbin.Procs(marker) {
 			status, _ := os.ReadFile(filepath.Join("/proc", pid, "status"))
 			for _, line := range strings.Split(string(status), "\n") {
 				if strings.HasPrefix(line, "Uid:") {
@@ -195,18 +195,6 @@ func TestHostUIDIsUnprivileged(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Fatal("probe process never seen")
-}
-
-func pidsWith(marker string) []string {
-	var out []string
-	dirs, _ := os.ReadDir("/proc")
-	for _, d := range dirs {
-		b, err := os.ReadFile(filepath.Join("/proc", d.Name(), "cmdline"))
-		if err == nil && strings.HasPrefix(string(b), marker+"\x00") {
-			out = append(out, d.Name())
-		}
-	}
-	return out
 }
 
 // TestLimits checks the limits this machine can enforce.

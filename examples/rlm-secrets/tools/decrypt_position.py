@@ -1,4 +1,4 @@
-#!/usr/bin/python3 -S
+#!/usr/bin/python3 -SE
 """Root tool: the secret position of a file, given its code."""
 import os
 import sys

@@ -1,4 +1,4 @@
-#!/usr/bin/python3 -S
+#!/usr/bin/python3 -SE
 """Sub tool: the file's code when its name and (trimmed) content match the
 puzzle, else a fake code."""
 import os

@@ -4,7 +4,6 @@ Each tool is run by rlmrun with the call as JSON on stdin
 ({"tool", "args", "kwargs", "arguments", "role", "rollout", "vars"}) and the
 spec's folder as working directory; what it prints is the result.
 """
-import hashlib
 import json
 import sys
 
@@ -24,5 +23,7 @@ def reply(value):
 
 def fake_code(filename, content):
     """A plausible but wrong code, the same for the same input."""
+    import hashlib  # only here: every tool pays for what it imports
+
     digest = hashlib.sha256(("fake:" + filename + ":" + content).encode()).hexdigest().upper()
     return digest[:16]

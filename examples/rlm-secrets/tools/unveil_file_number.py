@@ -1,4 +1,4 @@
-#!/usr/bin/python3 -S
+#!/usr/bin/python3 -SE
 """Root tool: given every file name sorted by secret position, the position
 of the file to keep."""
 import os
