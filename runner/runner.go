@@ -13,7 +13,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"strings"
 	"sync"
 	"time"
 
@@ -21,6 +20,7 @@ import (
 
 	"github.com/rlmrun/rlmrun/backends"
 	"github.com/rlmrun/rlmrun/backends/client"
+	"github.com/rlmrun/rlmrun/backends/procs"
 	"github.com/rlmrun/rlmrun/schema"
 	"github.com/rlmrun/rlmrun/tunnel"
 )
@@ -235,30 +235,12 @@ type owner struct {
 }
 
 func writeOwner(dir, runID string) error {
-	start, _ := processStart(os.Getpid())
+	start, _ := procs.StartTime(os.Getpid())
 	b, _ := json.Marshal(owner{RunID: runID, PID: os.Getpid(), Start: start, Started: time.Now().UTC()})
 	if err := os.WriteFile(filepath.Join(dir, "owner.json"), b, 0o644); err != nil {
 		return fmt.Errorf("write run owner: %w", err)
 	}
 	return nil
-}
-
-// processStart is a process's start time in clock ticks since boot.
-func processStart(pid int) (string, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return "", err
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return "", fmt.Errorf("parse /proc/%d/stat", pid)
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 20 {
-		return "", fmt.Errorf("parse /proc/%d/stat", pid)
-	}
-	return f[19], nil
 }
 
 // StaleRunDirs lists the run directories under tmp whose owner is gone: a
@@ -275,8 +257,8 @@ func StaleRunDirs(tmp, runID string) []string {
 		if json.Unmarshal(b, &o) != nil || (runID != "" && o.RunID != runID) {
 			continue
 		}
-		if start, err := processStart(o.PID); err == nil && start == o.Start {
-			continue // alive
+		if procs.Alive(o.PID, o.Start) {
+			continue
 		}
 		out = append(out, filepath.Dir(m))
 	}

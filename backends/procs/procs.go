@@ -4,8 +4,11 @@ package procs
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -92,4 +95,36 @@ func (t *Tail) String() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return strings.TrimSpace(string(t.buf))
+}
+
+// StartTime is a process's start time in clock ticks since boot (field 22
+// of /proc/PID/stat): with the pid, it tells a process from a later one that
+// reuses its pid.
+func StartTime(pid int) (string, error) {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return "", err
+	}
+	s := string(b)
+	// The command name may contain spaces and parentheses: fields start after
+	// the last ')'.
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return "", fmt.Errorf("parse /proc/%d/stat", pid)
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 20 {
+		return "", fmt.Errorf("parse /proc/%d/stat", pid)
+	}
+	return f[19], nil
+}
+
+// Alive reports whether pid is still the process that started at start (as
+// StartTime gave it).
+func Alive(pid int, start string) bool {
+	if pid <= 0 {
+		return false
+	}
+	s, err := StartTime(pid)
+	return err == nil && s == start
 }

@@ -12,13 +12,13 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/rlmrun/rlmrun/backends"
 	"github.com/rlmrun/rlmrun/backends/client"
+	"github.com/rlmrun/rlmrun/backends/procs"
 	"github.com/rlmrun/rlmrun/schema"
 )
 
@@ -237,7 +237,7 @@ func sanitize(s string) string {
 // and host, so a later run can tell a dead owner from a live one (a pid alone
 // may have been reused).
 func OwnerLabels() (map[string]string, error) {
-	start, err := ProcessStart(os.Getpid())
+	start, err := procs.StartTime(os.Getpid())
 	if err != nil {
 		return nil, err
 	}
@@ -249,26 +249,6 @@ func OwnerLabels() (map[string]string, error) {
 	}, nil
 }
 
-// ProcessStart is a process's start time (field 22 of /proc/PID/stat).
-func ProcessStart(pid int) (string, error) {
-	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
-	if err != nil {
-		return "", err
-	}
-	s := string(b)
-	// The command name may contain spaces and parentheses: fields start after
-	// the last ')'.
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return "", fmt.Errorf("parse /proc/%d/stat", pid)
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 20 {
-		return "", fmt.Errorf("parse /proc/%d/stat", pid)
-	}
-	return f[19], nil
-}
-
 // OwnerAlive reports whether the process that labelled a sandbox still runs.
 // Sandboxes of another host are treated as alive: their owner cannot be
 // checked from here.
@@ -278,11 +258,7 @@ func OwnerAlive(labels map[string]string) bool {
 		return true
 	}
 	pid, err := strconv.Atoi(labels[LabelOwnerPID])
-	if err != nil || pid <= 0 {
-		return false
-	}
-	start, err := ProcessStart(pid)
-	return err == nil && start == labels[LabelOwnerStart]
+	return err == nil && procs.Alive(pid, labels[LabelOwnerStart])
 }
 
 // Orphan is a sandbox whose owner is gone.

@@ -19,20 +19,7 @@ import (
 var rlmrunBin string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "rlmrun-test-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	rlmrunBin, err = testbin.Build(dir)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	testbin.Main(m, &rlmrunBin)
 }
 
 // exampleSpecs lists every spec under examples/.

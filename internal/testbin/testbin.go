@@ -55,3 +55,38 @@ func Procs(name string) []string {
 	}
 	return out
 }
+
+// Main builds rlmrun for a package's tests, stores its path in *bin, runs
+// the tests and exits with their code, the binary removed.
+func Main(m interface{ Run() int }, bin *string) {
+	os.Exit(buildAndRun(m, bin))
+}
+
+func buildAndRun(m interface{ Run() int }, bin *string) int {
+	dir, err := os.MkdirTemp("", "rlmrun-test-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	if *bin, err = Build(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return m.Run()
+}
+
+// NeedForPackage ends a test binary before its tests when something all of
+// them need is missing: a SKIP line and exit 0, or, when Required, a FAIL
+// line and exit 1.
+func NeedForPackage(ok bool, what string) {
+	if ok {
+		return
+	}
+	if Required() {
+		fmt.Printf("FAIL: %s is not available, and RLMRUN_REQUIRE_ALL is set\n", what)
+		os.Exit(1)
+	}
+	fmt.Printf("SKIP: %s is not available (scripts/test installs it)\n", what)
+	os.Exit(0)
+}

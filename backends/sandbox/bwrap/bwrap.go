@@ -98,7 +98,7 @@ func (p *Provider) Enforced() string {
 
 // ownerPrefix names this provider's agent copy, so cleanup can tell whose it is.
 func ownerPrefix() string {
-	start, _ := sandbox.ProcessStart(os.Getpid())
+	start, _ := procs.StartTime(os.Getpid())
 	return fmt.Sprintf("agent-%d-%s", os.Getpid(), start)
 }
 

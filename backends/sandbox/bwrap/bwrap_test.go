@@ -17,6 +17,7 @@ import (
 	"github.com/rlmrun/rlmrun/backends/protocol"
 	"github.com/rlmrun/rlmrun/backends/sandbox"
 	"github.com/rlmrun/rlmrun/backends/sandbox/bwrap"
+	"github.com/rlmrun/rlmrun/backends/sandbox/sandboxtest"
 	"github.com/rlmrun/rlmrun/internal/testbin"
 	"github.com/rlmrun/rlmrun/schema"
 )
@@ -24,27 +25,9 @@ import (
 var agentBin string
 
 func TestMain(m *testing.M) {
-	if _, err := exec.LookPath("bwrap"); err != nil {
-		if testbin.Required() {
-			fmt.Println("FAIL: bubblewrap is not installed, and RLMRUN_REQUIRE_ALL is set")
-			os.Exit(1)
-		}
-		fmt.Println("SKIP: bubblewrap is not installed (apt-get install -y bubblewrap; scripts/test installs it)")
-		os.Exit(0)
-	}
-	dir, err := os.MkdirTemp("", "rlmrun-test-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	agentBin, err = testbin.Build(dir)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	_, err := exec.LookPath("bwrap")
+	testbin.NeedForPackage(err == nil, "bubblewrap")
+	testbin.Main(m, &agentBin)
 }
 
 // stateRoot is a state directory the sandbox user can traverse.
@@ -73,37 +56,8 @@ func sandboxed(t testing.TB, s schema.Sandbox) (*client.Session, *bwrap.Provider
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { p.Close() })
-	ex, err := sandbox.NewExecutor(sandbox.Options{Provider: p, AgentPath: agentBin})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	runID := fmt.Sprintf("test%d", time.Now().UnixNano())
-	root := ex.AgentRoot(runID, "r")
-	sess, facts, err := ex.Start(ctx, backends.StartRequest{RunID: runID, RolloutID: "r", Root: root, Language: "bash", Sandbox: s, StartupTimeout: 30 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sess.Close(context.Background()) })
-	if err := sess.Init(ctx, protocol.InitArgs{Root: root, Language: "bash"}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := sess.Put(ctx, t.TempDir(), protocol.PutArgs{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := sess.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
+	sess, facts := sandboxtest.Start(t, p, agentBin, s)
 	return sess, p, facts
-}
-
-func run(t *testing.T, sess *client.Session, code string) *protocol.ExecReply {
-	t.Helper()
-	rep, err := sess.Exec(context.Background(), 1, protocol.ExecArgs{Code: code, TimeoutMS: 20000, MaxOutputBytes: 1 << 16})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return rep
 }
 
 // TestIsolation proves the sandbox's promises from inside it.
@@ -159,7 +113,7 @@ func TestIsolation(t *testing.T) {
 			if tc.name == "root-only file unreadable" && os.Geteuid() != 0 {
 				t.Skip("needs root to plant a root-only file")
 			}
-			rep := run(t, sess, tc.code)
+			rep := sandboxtest.Exec(t, sess, tc.code)
 			if rep.Stdout != tc.want {
 				t.Errorf("%s: got %q (stderr %q), want %q", tc.code, rep.Stdout, rep.Stderr, tc.want)
 			}
@@ -175,7 +129,7 @@ func TestHostUIDIsUnprivileged(t *testing.T) {
 	}
 	sess, _, _ := sandboxed(t, settings())
 	marker := fmt.Sprintf("rlmrun-uid-probe-%d", time.Now().UnixNano())
-	go func() { run(t, sess, "exec -a "+marker+" sleep 5") }()
+	go func() { sandboxtest.Exec(t, sess, "exec -a "+marker+" sleep 5") }()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		for _, pid := range testbin.Procs(marker) {
@@ -201,36 +155,7 @@ func TestHostUIDIsUnprivileged(t *testing.T) {
 func TestLimits(t *testing.T) {
 	sess, p, _ := sandboxed(t, settings())
 	t.Logf("enforced here: %s", p.Enforced())
-	// disk_size_gb: the working directory's tmpfs is 0.05 GiB.
-	rep := run(t, sess, "head -c 100000000 /dev/zero > big 2>/dev/null; echo $?; rm -f big")
-	if rep.Stdout != "1\n" {
-		t.Errorf("writing past disk_size_gb: %q %q", rep.Stdout, rep.Stderr)
-	}
-	// pids: of 200 forked processes, no more than the limit (64) start.
-	rep = run(t, sess, `/usr/bin/python3 -c '
-import os, signal, time
-pids = []
-for i in range(200):
-    try:
-        pid = os.fork()
-    except OSError:
-        break
-    if pid == 0:
-        time.sleep(3)
-        os._exit(0)
-    pids.append(pid)
-print("capped" if len(pids) < 64 else len(pids))
-for p in pids:
-    os.kill(p, signal.SIGKILL)
-'`)
-	if rep.Stdout != "capped\n" {
-		t.Errorf("pids limit: %+v", rep)
-	}
-	// memory_gb: 0.5 GiB; allocating 1 GiB fails (killed or refused).
-	rep = run(t, sess, "/usr/bin/python3 -c 'b = bytearray(1 << 30); print(len(b))' >/dev/null 2>&1; echo $?")
-	if rep.Status == protocol.StatusOK && rep.Stdout == "0\n" {
-		t.Errorf("allocated 1 GiB under a 0.5 GiB limit: %q", rep.Stdout)
-	}
+	sandboxtest.CheckLimits(t, sess)
 }
 
 func TestLifetimeIsEnforced(t *testing.T) {
@@ -286,83 +211,21 @@ func TestMissingBwrapIsAClearError(t *testing.T) {
 // sandbox created, agent started, 100 files (1 MB) uploaded, worker ready,
 // first cell answered (target: <= 30 ms plus the interpreter's start-up).
 func BenchmarkColdStart(b *testing.B) {
-	stage := b.TempDir()
-	for i := 0; i < 100; i++ {
-		if err := os.WriteFile(filepath.Join(stage, fmt.Sprintf("f%03d.txt", i)), make([]byte, 10<<10), 0o644); err != nil {
-			b.Fatal(err)
-		}
-	}
 	p, err := bwrap.New(bwrap.Options{AgentPath: agentBin, StateRoot: stateRoot(b)})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer p.Close()
-	ex, _ := sandbox.NewExecutor(sandbox.Options{Provider: p, AgentPath: agentBin})
-	var total, interp []float64
-	for i := 0; i < b.N; i++ {
-		ctx := context.Background()
-		runID := fmt.Sprintf("bench%d", i)
-		root := ex.AgentRoot(runID, "r")
-		t0 := time.Now()
-		sess, _, err := ex.Start(ctx, backends.StartRequest{RunID: runID, RolloutID: "r", Root: root, Language: "bash", Sandbox: settings(), StartupTimeout: 30 * time.Second})
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := sess.Init(ctx, protocol.InitArgs{Root: root, Language: "bash", FSFiles: 100, FSBytes: 100 * 10 << 10}); err != nil {
-			b.Fatal(err)
-		}
-		up := make(chan error, 1)
-		go func() { _, err := sess.Put(ctx, stage, protocol.PutArgs{}); up <- err }()
-		d, err := sess.Start(ctx)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := <-up; err != nil {
-			b.Fatal(err)
-		}
-		// Builtins only: the cell's own process start-ups are not the backend's.
-		rep, err := sess.Exec(ctx, 1, protocol.ExecArgs{Code: "f=(*); echo ${#f[@]}", TimeoutMS: 10000, MaxOutputBytes: 100})
-		if err != nil || rep.Stdout != "100\n" {
-			b.Fatalf("%+v %v", rep, err)
-		}
-		total = append(total, float64(time.Since(t0).Microseconds())/1000)
-		interp = append(interp, float64(d.Microseconds())/1000)
-		b.StopTimer()
-		sess.Close(ctx)
-		b.StartTimer()
+	ex, err := sandbox.NewExecutor(sandbox.Options{Provider: p, AgentPath: agentBin})
+	if err != nil {
+		b.Fatal(err)
 	}
-	b.ReportMetric(medianOf(total), "cold-start-ms")
-	b.ReportMetric(medianOf(interp), "worker-start-ms")
+	sandboxtest.ColdStarts(b, ex, settings(), nil)
 }
 
 // BenchmarkTrivialCell measures `true` in a sandboxed Bash REPL (target:
 // <= 1.5 x the local backend's median).
 func BenchmarkTrivialCell(b *testing.B) {
 	sess, _, _ := sandboxed(b, settings())
-	var times []float64
-	ctx := context.Background()
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		t0 := time.Now()
-		if _, err := sess.Exec(ctx, i+1, protocol.ExecArgs{Code: "true", TimeoutMS: 10000, MaxOutputBytes: 1 << 15}); err != nil {
-			b.Fatal(err)
-		}
-		times = append(times, float64(time.Since(t0).Microseconds())/1000)
-	}
-	b.ReportMetric(medianOf(times), "median-ms")
-}
-
-func medianOf(xs []float64) float64 {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := append([]float64(nil), xs...)
-	for i := range s {
-		for j := i + 1; j < len(s); j++ {
-			if s[j] < s[i] {
-				s[i], s[j] = s[j], s[i]
-			}
-		}
-	}
-	return s[len(s)/2]
+	sandboxtest.BenchTrivialCell(b, sess)
 }

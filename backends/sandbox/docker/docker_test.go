@@ -6,16 +6,15 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"sort"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/rlmrun/rlmrun/backends"
 	"github.com/rlmrun/rlmrun/backends/client"
-	"github.com/rlmrun/rlmrun/backends/protocol"
 	"github.com/rlmrun/rlmrun/backends/sandbox"
 	"github.com/rlmrun/rlmrun/backends/sandbox/docker"
+	"github.com/rlmrun/rlmrun/backends/sandbox/sandboxtest"
 	"github.com/rlmrun/rlmrun/internal/testbin"
 	"github.com/rlmrun/rlmrun/schema"
 )
@@ -29,34 +28,14 @@ func TestMain(m *testing.M) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	_, err := docker.New(ctx, docker.Options{})
 	cancel()
-	if err != nil {
-		if testbin.Required() {
-			fmt.Printf("FAIL: no Docker daemon (%v), and RLMRUN_REQUIRE_ALL is set\n", err)
-			os.Exit(1)
-		}
-		fmt.Printf("SKIP: no Docker daemon (%v); scripts/test installs and starts one\n", err)
-		os.Exit(0)
-	}
-	if out, err := exec.Command("docker", "image", "inspect", TestImage).CombinedOutput(); err != nil {
+	testbin.NeedForPackage(err == nil, fmt.Sprintf("a Docker daemon (%v)", err))
+	if exec.Command("docker", "image", "inspect", TestImage).Run() != nil {
 		if out, err := exec.Command("../../../scripts/docker-test-image", TestImage).CombinedOutput(); err != nil {
 			fmt.Printf("FAIL: build %s: %v\n%s\n", TestImage, err, out)
 			os.Exit(1)
 		}
-		_ = out
 	}
-	dir, err := os.MkdirTemp("", "rlmrun-test-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	agentBin, err = testbin.Build(dir)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	testbin.Main(m, &agentBin)
 }
 
 func settings() schema.Sandbox {
@@ -74,37 +53,7 @@ func provider(t testing.TB) *docker.Provider {
 
 func containerized(t testing.TB, s schema.Sandbox) (*client.Session, *backends.Facts) {
 	t.Helper()
-	ex, err := sandbox.NewExecutor(sandbox.Options{Provider: provider(t), AgentPath: agentBin})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	runID := fmt.Sprintf("test%d", time.Now().UnixNano())
-	root := ex.AgentRoot(runID, "r")
-	sess, facts, err := ex.Start(ctx, backends.StartRequest{RunID: runID, RolloutID: "r", Root: root, Language: "bash", Sandbox: s, StartupTimeout: 60 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sess.Close(context.Background()) })
-	if err := sess.Init(ctx, protocol.InitArgs{Root: root, Language: "bash"}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := sess.Put(ctx, t.TempDir(), protocol.PutArgs{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := sess.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	return sess, facts
-}
-
-func run(t *testing.T, sess *client.Session, code string) *protocol.ExecReply {
-	t.Helper()
-	rep, err := sess.Exec(context.Background(), 1, protocol.ExecArgs{Code: code, TimeoutMS: 30000, MaxOutputBytes: 1 << 16, RestartOnFailure: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return rep
+	return sandboxtest.Start(t, provider(t), agentBin, s)
 }
 
 func TestIsolation(t *testing.T) {
@@ -133,7 +82,7 @@ func TestIsolation(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			rep := run(t, sess, tc.code)
+			rep := sandboxtest.Exec(t, sess, tc.code)
 			if rep.Stdout != tc.want {
 				t.Errorf("%s: got %q (stderr %q), want %q", tc.code, rep.Stdout, rep.Stderr, tc.want)
 			}
@@ -143,32 +92,7 @@ func TestIsolation(t *testing.T) {
 
 func TestLimits(t *testing.T) {
 	sess, _ := containerized(t, settings())
-	if rep := run(t, sess, "head -c 100000000 /dev/zero > big 2>/dev/null; echo $?; rm -f big"); rep.Stdout != "1\n" {
-		t.Errorf("writing past disk_size_gb: %+v", rep)
-	}
-	rep := run(t, sess, `python3 -c '
-import os, signal, time
-pids = []
-for i in range(200):
-    try:
-        pid = os.fork()
-    except OSError:
-        break
-    if pid == 0:
-        time.sleep(3)
-        os._exit(0)
-    pids.append(pid)
-print("capped" if len(pids) < 64 else len(pids))
-for p in pids:
-    os.kill(p, signal.SIGKILL)
-'`)
-	if rep.Stdout != "capped\n" {
-		t.Errorf("pids limit: %+v", rep)
-	}
-	rep = run(t, sess, "python3 -c 'b = bytearray(1 << 30); print(len(b))' >/dev/null 2>&1; echo $?")
-	if rep.Status == protocol.StatusOK && rep.Stdout == "0\n" {
-		t.Errorf("allocated 1 GiB under a 0.5 GiB limit")
-	}
+	sandboxtest.CheckLimits(t, sess)
 }
 
 func TestPullNeverWithMissingImage(t *testing.T) {
@@ -220,14 +144,11 @@ func TestContainerGoesWithItsAgent(t *testing.T) {
 // first cell answered) and, for comparison, the Docker CLI doing create +
 // start + one exec (target: beat the CLI; <= 300 ms where the CLI took 330).
 func BenchmarkColdStart(b *testing.B) {
-	stage := b.TempDir()
-	for i := 0; i < 100; i++ {
-		if err := os.WriteFile(fmt.Sprintf("%s/f%03d.txt", stage, i), make([]byte, 10<<10), 0o644); err != nil {
-			b.Fatal(err)
-		}
-	}
 	p := provider(b)
-	ex, _ := sandbox.NewExecutor(sandbox.Options{Provider: p, AgentPath: agentBin})
+	ex, err := sandbox.NewExecutor(sandbox.Options{Provider: p, AgentPath: agentBin})
+	if err != nil {
+		b.Fatal(err)
+	}
 	ctx := context.Background()
 	// The agent image is made once per binary; it is not part of a cold start.
 	warm, err := p.Create(ctx, sandbox.CreateRequest{Name: fmt.Sprintf("rlmrun-warm-%d", time.Now().UnixNano()), Settings: settings(), Labels: map[string]string{}})
@@ -235,39 +156,15 @@ func BenchmarkColdStart(b *testing.B) {
 		b.Fatal(err)
 	}
 	_ = warm.Delete(ctx)
-	var ours, cli []float64
-	for i := 0; i < b.N; i++ {
-		runID := fmt.Sprintf("bench%d-%d", time.Now().UnixNano(), i)
-		root := ex.AgentRoot(runID, "r")
-		t0 := time.Now()
-		sess, _, err := ex.Start(ctx, backends.StartRequest{RunID: runID, RolloutID: "r", Root: root, Language: "bash", Sandbox: settings(), StartupTimeout: 60 * time.Second})
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := sess.Init(ctx, protocol.InitArgs{Root: root, Language: "bash", FSFiles: 100, FSBytes: 100 * 10 << 10}); err != nil {
-			b.Fatal(err)
-		}
-		up := make(chan error, 1)
-		go func() { _, err := sess.Put(ctx, stage, protocol.PutArgs{}); up <- err }()
-		if _, err := sess.Start(ctx); err != nil {
-			b.Fatal(err)
-		}
-		if err := <-up; err != nil {
-			b.Fatal(err)
-		}
-		rep, err := sess.Exec(ctx, 1, protocol.ExecArgs{Code: "f=(*); echo ${#f[@]}", TimeoutMS: 10000, MaxOutputBytes: 100})
-		if err != nil || rep.Stdout != "100\n" {
-			b.Fatalf("%+v %v", rep, err)
-		}
-		ours = append(ours, float64(time.Since(t0).Microseconds())/1000)
-		b.StopTimer()
-		sess.Close(ctx)
+	var cli []float64
+	sandboxtest.ColdStarts(b, ex, settings(), func() {
 		t1 := time.Now()
 		out, err := exec.Command("docker", "create", "--network", "none", TestImage, "sleep", "100").Output()
 		if err != nil {
 			b.Fatal(err)
 		}
 		id := strings.TrimSpace(string(out))
+		defer exec.Command("docker", "rm", "-f", id).Run()
 		if err := exec.Command("docker", "start", id).Run(); err != nil {
 			b.Fatal(err)
 		}
@@ -275,11 +172,8 @@ func BenchmarkColdStart(b *testing.B) {
 			b.Fatal(err)
 		}
 		cli = append(cli, float64(time.Since(t1).Microseconds())/1000)
-		_ = exec.Command("docker", "rm", "-f", id).Run()
-		b.StartTimer()
-	}
-	b.ReportMetric(median(ours), "cold-start-ms")
-	b.ReportMetric(median(cli), "cli-create-start-exec-ms")
+	})
+	b.ReportMetric(sandboxtest.Median(cli), "cli-create-start-exec-ms")
 }
 
 // BenchmarkTrivialCell measures `true` in a containerized Bash REPL
@@ -287,24 +181,5 @@ func BenchmarkColdStart(b *testing.B) {
 // was 0.35 ms).
 func BenchmarkTrivialCell(b *testing.B) {
 	sess, _ := containerized(b, settings())
-	var times []float64
-	ctx := context.Background()
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		t0 := time.Now()
-		if _, err := sess.Exec(ctx, i+1, protocol.ExecArgs{Code: "true", TimeoutMS: 10000, MaxOutputBytes: 1 << 15}); err != nil {
-			b.Fatal(err)
-		}
-		times = append(times, float64(time.Since(t0).Microseconds())/1000)
-	}
-	b.ReportMetric(median(times), "median-ms")
-}
-
-func median(xs []float64) float64 {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := append([]float64(nil), xs...)
-	sort.Float64s(s)
-	return s[len(s)/2]
+	sandboxtest.BenchTrivialCell(b, sess)
 }

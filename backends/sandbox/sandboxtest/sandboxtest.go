@@ -1,0 +1,175 @@
+// Package sandboxtest holds what the tests of every sandbox provider share:
+// running a cell in a session, the limits every provider must enforce, and
+// the trivial-cell benchmark. Only tests import it.
+package sandboxtest
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/rlmrun/rlmrun/backends"
+	"github.com/rlmrun/rlmrun/backends/client"
+	"github.com/rlmrun/rlmrun/backends/protocol"
+	"github.com/rlmrun/rlmrun/backends/sandbox"
+	"github.com/rlmrun/rlmrun/schema"
+)
+
+// Start starts an agent in a fresh sandbox of provider p with settings s,
+// uploads an empty working directory and starts a Bash worker; the session
+// ends with the test.
+func Start(t testing.TB, p sandbox.Provider, agentBin string, s schema.Sandbox) (*client.Session, *backends.Facts) {
+	t.Helper()
+	ex, err := sandbox.NewExecutor(sandbox.Options{Provider: p, AgentPath: agentBin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	runID := fmt.Sprintf("test%d", time.Now().UnixNano())
+	root := ex.AgentRoot(runID, "r")
+	sess, facts, err := ex.Start(ctx, backends.StartRequest{RunID: runID, RolloutID: "r", Root: root, Language: "bash", Sandbox: s, StartupTimeout: 60 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sess.Close(context.Background()) })
+	if err := sess.Init(ctx, protocol.InitArgs{Root: root, Language: "bash"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sess.Put(ctx, t.TempDir(), protocol.PutArgs{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sess.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return sess, facts
+}
+
+// ColdStarts measures b.N deferred starts of a sandboxed rollout, as the
+// runner does them: sandbox created, agent started, 100 files (1 MB)
+// uploaded while the worker starts, first cell answered. It reports the
+// medians of the whole (cold-start-ms) and of the worker's start
+// (worker-start-ms); between starts, while the timer is stopped, it calls
+// between (if not nil).
+func ColdStarts(b *testing.B, ex *sandbox.Executor, s schema.Sandbox, between func()) {
+	stage := b.TempDir()
+	for i := 0; i < 100; i++ {
+		if err := os.WriteFile(filepath.Join(stage, fmt.Sprintf("f%03d.txt", i)), make([]byte, 10<<10), 0o644); err != nil {
+			b.Fatal(err)
+		}
+	}
+	ctx := context.Background()
+	var total, worker []float64
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		runID := fmt.Sprintf("bench%d-%d", time.Now().UnixNano(), i)
+		root := ex.AgentRoot(runID, "r")
+		t0 := time.Now()
+		sess, _, err := ex.Start(ctx, backends.StartRequest{RunID: runID, RolloutID: "r", Root: root, Language: "bash", Sandbox: s, StartupTimeout: 60 * time.Second})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := sess.Init(ctx, protocol.InitArgs{Root: root, Language: "bash", FSFiles: 100, FSBytes: 100 * 10 << 10}); err != nil {
+			b.Fatal(err)
+		}
+		up := make(chan error, 1)
+		go func() { _, err := sess.Put(ctx, stage, protocol.PutArgs{}); up <- err }()
+		d, err := sess.Start(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := <-up; err != nil {
+			b.Fatal(err)
+		}
+		// Builtins only: the cell's own process start-ups are not the backend's.
+		rep, err := sess.Exec(ctx, 1, protocol.ExecArgs{Code: "f=(*); echo ${#f[@]}", TimeoutMS: 10000, MaxOutputBytes: 100})
+		if err != nil || rep.Stdout != "100\n" {
+			b.Fatalf("%+v %v", rep, err)
+		}
+		total = append(total, float64(time.Since(t0).Microseconds())/1000)
+		worker = append(worker, float64(d.Microseconds())/1000)
+		b.StopTimer()
+		sess.Close(ctx)
+		if between != nil {
+			between()
+		}
+		b.StartTimer()
+	}
+	b.ReportMetric(Median(total), "cold-start-ms")
+	b.ReportMetric(Median(worker), "worker-start-ms")
+}
+
+// Exec runs code in the session's worker, restarting it if the cell kills
+// it, and fails the test if the session breaks.
+func Exec(t testing.TB, sess *client.Session, code string) *protocol.ExecReply {
+	t.Helper()
+	rep, err := sess.Exec(context.Background(), 1, protocol.ExecArgs{Code: code, TimeoutMS: 30000, MaxOutputBytes: 1 << 16, RestartOnFailure: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rep
+}
+
+// CheckLimits proves from inside a sandbox created with disk_size_gb 0.05,
+// pids 64 and memory_gb 0.5 that it cannot outgrow them.
+func CheckLimits(t *testing.T, sess *client.Session) {
+	t.Helper()
+	// disk_size_gb: 100 MB do not fit in the working directory.
+	if rep := Exec(t, sess, "head -c 100000000 /dev/zero > big 2>/dev/null; echo $?; rm -f big"); rep.Stdout != "1\n" {
+		t.Errorf("writing past disk_size_gb: %+v", rep)
+	}
+	// pids: of 200 forked processes, fewer than the limit start.
+	rep := Exec(t, sess, `/usr/bin/python3 -c '
+import os, signal, time
+pids = []
+for i in range(200):
+    try:
+        pid = os.fork()
+    except OSError:
+        break
+    if pid == 0:
+        time.sleep(3)
+        os._exit(0)
+    pids.append(pid)
+print("capped" if len(pids) < 64 else len(pids))
+for p in pids:
+    os.kill(p, signal.SIGKILL)
+'`)
+	if rep.Stdout != "capped\n" {
+		t.Errorf("pids limit: %+v", rep)
+	}
+	// memory_gb: allocating 1 GiB fails (killed or refused).
+	rep = Exec(t, sess, "/usr/bin/python3 -c 'b = bytearray(1 << 30); print(len(b))' >/dev/null 2>&1; echo $?")
+	if rep.Status == protocol.StatusOK && rep.Stdout == "0\n" {
+		t.Errorf("allocated 1 GiB under a 0.5 GiB limit: %+v", rep)
+	}
+}
+
+// BenchTrivialCell runs `true` in the session's Bash worker b.N times and
+// reports the median round trip.
+func BenchTrivialCell(b *testing.B, sess *client.Session) {
+	times := make([]float64, 0, b.N)
+	ctx := context.Background()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		t0 := time.Now()
+		if _, err := sess.Exec(ctx, i+1, protocol.ExecArgs{Code: "true", TimeoutMS: 10000, MaxOutputBytes: 1 << 15}); err != nil {
+			b.Fatal(err)
+		}
+		times = append(times, float64(time.Since(t0).Microseconds())/1000)
+	}
+	b.ReportMetric(Median(times), "median-ms")
+}
+
+// Median is the middle of xs (0 when empty).
+func Median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	return s[len(s)/2]
+}
