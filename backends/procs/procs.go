@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -127,4 +128,27 @@ func Alive(pid int, start string) bool {
 	}
 	s, err := StartTime(pid)
 	return err == nil && s == start
+}
+
+// ReserveThreads makes the Go runtime start n OS threads now and keep them
+// idle for later. In a sandbox the pids limit counts threads, and a cell can
+// use up all of it; a Go process that then needs a new thread (when a
+// goroutine blocks in a system call) dies with "failed to create new OS
+// thread". The runtime reuses idle threads and never ends them, so a
+// process that has its threads early survives a cell's fork bomb.
+func ReserveThreads(n int) {
+	var started sync.WaitGroup
+	release := make(chan struct{})
+	for i := 0; i < n; i++ {
+		started.Add(1)
+		go func() {
+			// A locked goroutine owns its thread: n of them need n threads.
+			runtime.LockOSThread()
+			started.Done()
+			<-release
+			runtime.UnlockOSThread() // back to the idle list, not ended
+		}()
+	}
+	started.Wait()
+	close(release)
 }

@@ -188,6 +188,10 @@ func (w *Worker) launch(argv []string, stdin *os.File, extra []*os.File) (stdout
 	}
 	outW.Close()
 	errW.Close()
+	// When a sandbox runs out of memory, the kernel must kill the cell's
+	// processes, not the agent: the rollout then goes on with a fresh
+	// worker. Raising the score needs no privilege; children inherit it.
+	_ = os.WriteFile(fmt.Sprintf("/proc/%d/oom_score_adj", cmd.Process.Pid), []byte("1000"), 0)
 	w.cmd = cmd
 	go func() {
 		w.waitErr = cmd.Wait()

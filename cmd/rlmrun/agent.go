@@ -10,8 +10,14 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/rlmrun/rlmrun/backends/agent"
+	"github.com/rlmrun/rlmrun/backends/procs"
 	"github.com/rlmrun/rlmrun/backends/sandbox/docker"
 )
+
+// agentThreads are the OS threads the agent keeps ready: its goroutines
+// that block in system calls at once (the worker's wait, file transfers,
+// the control stream) stay well below it.
+const agentThreads = 8
 
 // agentCommand is what the runner starts next to the REPL (locally or in a
 // sandbox). It speaks the agent protocol on stdin/stdout; never run by hand.
@@ -32,6 +38,11 @@ func agentCommand() *cli.Command {
 			signal.Ignore(syscall.SIGINT)
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 			defer stop()
+			// A cell may use up the sandbox's pids limit: the agent makes
+			// its threads while the worker starts (a few ms against tens),
+			// off the start-up's critical path, so they exist before the
+			// first cell runs.
+			go procs.ReserveThreads(agentThreads)
 			if m := c.String("mark"); m != "" {
 				_ = os.WriteFile(m, nil, 0o644)
 			}

@@ -158,6 +158,13 @@ func TestLimits(t *testing.T) {
 	sandboxtest.CheckLimits(t, sess)
 }
 
+// TestForkBomb: a cell that uses up the pids limit takes neither the agent
+// nor the sandbox down.
+func TestForkBomb(t *testing.T) {
+	sess, _, _ := sandboxed(t, settings())
+	sandboxtest.CheckForkBomb(t, sess)
+}
+
 func TestLifetimeIsEnforced(t *testing.T) {
 	s := settings()
 	s.Lifetime = schema.Duration{Duration: 1500 * time.Millisecond}

@@ -95,6 +95,13 @@ func TestLimits(t *testing.T) {
 	sandboxtest.CheckLimits(t, sess)
 }
 
+// TestForkBomb: a cell that uses up the pids limit takes neither the agent
+// nor the sandbox down.
+func TestForkBomb(t *testing.T) {
+	sess, _ := containerized(t, settings())
+	sandboxtest.CheckForkBomb(t, sess)
+}
+
 func TestPullNeverWithMissingImage(t *testing.T) {
 	p := provider(t)
 	s := settings()

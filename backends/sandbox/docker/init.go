@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"syscall"
 	"time"
+
+	"github.com/rlmrun/rlmrun/backends/procs"
 )
 
 // Init is the container's first process (`rlmrun sandbox-init`). It keeps the
@@ -16,8 +18,15 @@ import (
 // the agent ends when the runner's connection drops, so a killed runner
 // leaves no running container behind.
 func Init(lifetime, waitAgent time.Duration) int {
+	// PID 1 must outlive a cell that uses up the pids limit: were it to die
+	// for want of a thread, the container would go with the agent in it.
+	procs.ReserveThreads(4)
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	// Orphans (a cell's killed children) are reaped as they die, so their
+	// pids are free again at once, not at the next tick.
+	child := make(chan os.Signal, 1)
+	signal.Notify(child, syscall.SIGCHLD)
 	deadline := time.Now().Add(lifetime)
 	// A runner killed before it could exec the agent leaves a container
 	// nobody will use: it stops if no agent has come by then.
@@ -29,15 +38,12 @@ func Init(lifetime, waitAgent time.Duration) int {
 		select {
 		case <-sig:
 			return 0
+		case <-child:
+			reap()
+			continue
 		case <-tick.C:
 		}
-		for {
-			var ws syscall.WaitStatus
-			pid, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil)
-			if pid <= 0 || err != nil {
-				break
-			}
-		}
+		reap()
 		n := agents()
 		// An agent that came and went between two looks left its mark.
 		if _, err := os.Stat(AgentMark); n > 0 || err == nil {
@@ -45,6 +51,17 @@ func Init(lifetime, waitAgent time.Duration) int {
 		}
 		if (seen && n == 0) || time.Now().After(deadline) || (!seen && time.Now().After(agentBy)) {
 			return 0
+		}
+	}
+}
+
+// reap collects every child that has exited, as PID 1 must.
+func reap() {
+	for {
+		var ws syscall.WaitStatus
+		pid, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil)
+		if pid <= 0 || err != nil {
+			return
 		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -108,7 +109,7 @@ func Exec(t testing.TB, sess *client.Session, code string) *protocol.ExecReply {
 	t.Helper()
 	rep, err := sess.Exec(context.Background(), 1, protocol.ExecArgs{Code: code, TimeoutMS: 30000, MaxOutputBytes: 1 << 16, RestartOnFailure: true})
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("cell %.60q: %v", code, err)
 	}
 	return rep
 }
@@ -145,6 +146,44 @@ for p in pids:
 	rep = Exec(t, sess, "/usr/bin/python3 -c 'b = bytearray(1 << 30); print(len(b))' >/dev/null 2>&1; echo $?")
 	if rep.Status == protocol.StatusOK && rep.Stdout == "0\n" {
 		t.Errorf("allocated 1 GiB under a 0.5 GiB limit: %+v", rep)
+	}
+	// What ran out of memory was the cell, not the agent: the session goes on.
+	if rep := Exec(t, sess, "echo alive; cat /proc/self/oom_score_adj"); rep.Stdout != "alive\n1000\n" {
+		t.Errorf("after the memory limit: %+v", rep)
+	}
+}
+
+// CheckForkBomb runs cells that fork until the pids limit refuses, and
+// hold every pid while printing, so the agent has to work with none left:
+// the agent and the sandbox must outlive them, and the session go on.
+func CheckForkBomb(t *testing.T, sess *client.Session) {
+	t.Helper()
+	for i := 0; i < 3; i++ {
+		rep := Exec(t, sess, `/usr/bin/python3 -c '
+import os, signal, sys, time
+pids = []
+while True:
+    try:
+        pid = os.fork()
+    except OSError:
+        break
+    if pid == 0:
+        time.sleep(2)
+        os._exit(0)
+    pids.append(pid)
+for i in range(2000):
+    print("x" * 100)
+time.sleep(1)
+for p in pids:
+    os.kill(p, signal.SIGKILL)
+print("forked", len(pids) > 0, file=sys.stderr)
+' | tail -c 4`)
+		if rep.Stdout != "xxx\n" || !strings.Contains(rep.Stderr, "forked True") {
+			t.Errorf("fork bomb %d: %+v", i, rep)
+		}
+	}
+	if rep := Exec(t, sess, "echo alive"); rep.Stdout != "alive\n" {
+		t.Errorf("after the fork bombs: %+v", rep)
 	}
 }
 
