@@ -210,15 +210,21 @@ func (s *Server) tool(w http.ResponseWriter, ctx context.Context, ro *Rollout, b
 	}
 	res, lines, err := fn(ctx, req.Args, req.Kwargs)
 	if err != nil {
-		var bad *BadRequest
-		if errors.As(err, &bad) {
-			fail(w, http.StatusBadRequest, "%s", bad.Msg)
-			return
-		}
-		fail(w, http.StatusInternalServerError, "%s", err.Error())
+		failWith(w, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, toolResponse{Result: res, PrintLines: lines})
+}
+
+// failWith answers a tool's or the sub-LLM's error: 400 for a bad request
+// (a *BadRequest), 500 for anything else.
+func failWith(w http.ResponseWriter, err error) {
+	var bad *BadRequest
+	if errors.As(err, &bad) {
+		fail(w, http.StatusBadRequest, "%s", bad.Msg)
+		return
+	}
+	fail(w, http.StatusInternalServerError, "%s", err.Error())
 }
 
 func (s *Server) chat(w http.ResponseWriter, ctx context.Context, ro *Rollout, body []byte) {
@@ -232,12 +238,7 @@ func (s *Server) chat(w http.ResponseWriter, ctx context.Context, ro *Rollout, b
 	}
 	resp, err := ro.Chat(ctx, body)
 	if err != nil {
-		var bad *BadRequest
-		if errors.As(err, &bad) {
-			fail(w, http.StatusBadRequest, "%s", bad.Msg)
-			return
-		}
-		fail(w, http.StatusInternalServerError, "%s", err.Error())
+		failWith(w, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, resp)
