@@ -37,4 +37,7 @@ type Facts struct {
 	AgentPID       int     `json:"agent_pid,omitempty"`
 	AgentUID       int     `json:"agent_uid"`
 	Hostname       string  `json:"hostname,omitempty"`
+	// Containment says how the rollout's processes were kept together on
+	// the local backend (a PID namespace, or only a process group).
+	Containment string `json:"containment,omitempty"`
 }

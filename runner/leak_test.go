@@ -133,6 +133,11 @@ func TestNoLeaks(t *testing.T) {
 				statuses[r.ID] = r.Status
 			}
 			want := map[string]string{"work#1": "completed", "work#2": "completed", "work#3": "completed", "timeout": "completed", "agent-dies": "error"}
+			if be == "local" {
+				// The local agent leads its own PID namespace: a cell cannot
+				// kill it (the kernel protects a namespace's first process).
+				want["agent-dies"] = "completed"
+			}
 			if fmt.Sprint(statuses) != fmt.Sprint(want) {
 				t.Errorf("statuses %v, want %v", statuses, want)
 			}

@@ -4,18 +4,15 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 
-	"github.com/rlmrun/rlmrun/backends/procs"
+	"github.com/rlmrun/rlmrun/runner/hostcmd"
 	"github.com/rlmrun/rlmrun/schema"
 )
 
@@ -153,7 +150,8 @@ func (ro *rollout) checkFiles(where string, f schema.FilesCheck, dir string) (fl
 		if err != nil {
 			return 0, err.Error()
 		}
-		b, err := os.ReadFile(filepath.Join(dir, rel))
+		// Through a Root: a symlink the model left must not lead out.
+		b, err := readInside(dir, rel)
 		if err != nil {
 			fails = append(fails, rel+" cannot be read")
 		} else {
@@ -172,9 +170,18 @@ func (ro *rollout) checkFiles(where string, f schema.FilesCheck, dir string) (fl
 	return 1, ""
 }
 
-// runReward runs a host command in the final working directory. It gets the
-// rollout as JSON on stdin; a number printed on stdout is the score,
-// otherwise exit status 0 scores 1 and anything else 0.
+// maxEnvAnswer is the longest answer also passed as RLM_ANSWER: the kernel
+// refuses an environment string over 128 KiB, and the whole answer is on
+// stdin anyway.
+const maxEnvAnswer = 64 << 10
+
+// runReward runs a host command. Like every host command it runs in the
+// spec's folder with a scrubbed environment — never in the final working
+// directory, which the model wrote: an interpreter would find the model's
+// modules there first (`import json` would import its json.py). The final
+// directory is passed as RLM_WORKDIR and as "workdir" in the rollout's JSON
+// on stdin. A number printed on stdout is the score; otherwise exit status
+// 0 scores 1 and anything else 0.
 func (ro *rollout) runReward(where string, rw schema.Reward, dir string) (float64, string) {
 	argv := rw.Run.Args()
 	rendered := make([]string, len(argv))
@@ -185,48 +192,43 @@ func (ro *rollout) runReward(where string, rw schema.Reward, dir string) (float6
 		}
 		rendered[i] = r
 	}
-	prog := rendered[0]
-	if strings.Contains(prog, "/") && !filepath.IsAbs(prog) {
-		prog = filepath.Join(ro.r.spec.Dir, prog)
+	if prog := rendered[0]; strings.Contains(prog, "/") && !filepath.IsAbs(prog) {
+		rendered[0] = filepath.Join(ro.r.spec.Dir, prog)
 	}
 	in, _ := json.Marshal(map[string]any{
 		"rollout": ro.inst.ID, "status": ro.res.Status, "answer": ro.answer.Content,
 		"answer_ready": ro.answer.Ready, "vars": ro.inst.Rollout.Vars, "spec_dir": ro.r.spec.Dir,
+		"workdir": dir,
 	})
-	cmd := exec.Command(prog, rendered[1:]...)
-	cmd.Dir = dir
-	cmd.Stdin = bytes.NewReader(in)
-	var out capped
-	out.max = 1 << 20
-	stderr := procs.NewTail(4 << 10)
-	cmd.Stdout, cmd.Stderr = &out, stderr
-	cmd.Env = append(os.Environ(), "RLM_SPEC_DIR="+ro.r.spec.Dir, "RLM_ANSWER="+ro.answer.Content)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return 0, fmt.Sprintf("could not start: %v", err)
+	extra := []string{"RLM_SPEC_DIR=" + ro.r.spec.Dir, "RLM_WORKDIR=" + dir}
+	if len(ro.answer.Content) <= maxEnvAnswer {
+		extra = append(extra, "RLM_ANSWER="+ro.answer.Content)
 	}
-	p := procs.Watch(cmd)
-	ctx, cancel := context.WithTimeout(context.Background(), rw.Timeout.Duration)
-	defer cancel()
-	select {
-	case <-p.Exited():
-	case <-ctx.Done():
-		p.Kill()
-		<-p.Exited()
+	out := ro.r.spawner.Run(context.Background(), hostcmd.Call{
+		Cmd: hostcmd.Cmd{
+			Argv:  rendered,
+			Dir:   ro.r.spec.Dir,
+			Env:   hostcmd.Environ(os.Environ(), rw.PassEnv, rw.Env, extra...),
+			Stdin: bytes.NewReader(in),
+		},
+		Timeout:    rw.Timeout.Duration,
+		MaxStdout:  1 << 20,
+		StderrTail: 4 << 10,
+	})
+	switch {
+	case !out.Started:
+		return 0, fmt.Sprintf("could not start: %v", out.Err)
+	case out.TimedOut:
 		return 0, fmt.Sprintf("timed out after %s", rw.Timeout.Duration)
 	}
-	text := strings.TrimSpace(out.buf.String())
+	text := strings.TrimSpace(string(out.Stdout))
 	if v, err := strconv.ParseFloat(text, 64); err == nil && !math.IsNaN(v) && !math.IsInf(v, 0) {
 		return v, ""
 	}
-	if err := p.Err(); err != nil {
-		var ee *exec.ExitError
-		detail := err.Error()
-		if errors.As(err, &ee) {
-			detail = ee.ProcessState.String()
-		}
-		if s := stderr.String(); s != "" {
-			detail += ": " + s
+	if out.Err != nil {
+		detail := hostcmd.Describe(out.Err)
+		if out.Stderr != "" {
+			detail += ": " + out.Stderr
 		}
 		return 0, detail
 	}
@@ -261,4 +263,15 @@ func (ro *rollout) checkExpectations() {
 		}
 		add("reward", strconv.FormatFloat(*e.Reward, 'g', -1, 64), got, met)
 	}
+}
+
+// readInside reads rel under dir; symlinks are followed only while they stay
+// inside dir.
+func readInside(dir, rel string) ([]byte, error) {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer root.Close()
+	return root.ReadFile(rel)
 }

@@ -21,6 +21,8 @@ import (
 	"github.com/rlmrun/rlmrun/backends"
 	"github.com/rlmrun/rlmrun/backends/client"
 	"github.com/rlmrun/rlmrun/backends/procs"
+	"github.com/rlmrun/rlmrun/internal/ownerdir"
+	"github.com/rlmrun/rlmrun/runner/hostcmd"
 	"github.com/rlmrun/rlmrun/schema"
 	"github.com/rlmrun/rlmrun/tunnel"
 )
@@ -86,6 +88,7 @@ type Runner struct {
 	runDir  string         // the run's temp root: TempDir/rlmrun-RUNID
 	outDir  string         // retention dir / run id
 	results *resultsWriter
+	spawner *hostcmd.Spawner // the run's host commands: tools and rewards
 }
 
 // NewRunID returns a fresh run id: time, then randomness.
@@ -120,7 +123,7 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 			outBase = filepath.Join(spec.Dir, outBase)
 		}
 	}
-	r := &Runner{opts: opts, spec: spec, outDir: filepath.Join(outBase, opts.RunID)}
+	r := &Runner{opts: opts, spec: spec, outDir: filepath.Join(outBase, opts.RunID), spawner: hostcmd.NewSpawner(true)}
 	if err := os.MkdirAll(r.outDir, 0o755); err != nil {
 		return nil, fmt.Errorf("create results directory: %w", err)
 	}
@@ -136,14 +139,14 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	if err := writeOwner(r.runDir, opts.RunID); err != nil {
 		return nil, err
 	}
-	r.server = tunnel.NewServer()
+	r.server = tunnel.NewServer(tunnel.Limits{})
 	defer r.server.Close()
 	if u := spec.Backend.InterceptionURL; u != "" && spec.Backend.Type == "sandbox" {
-		l, err := tunnel.ListenURL(u)
+		l, prefix, err := tunnel.ListenURL(u)
 		if err != nil {
 			return nil, err
 		}
-		go func() { _ = r.server.Serve(l) }()
+		go func() { _ = r.server.ServeURL(l, prefix) }()
 	}
 	rep := &Report{RunID: opts.RunID, Dir: r.outDir, ResultsPath: filepath.Join(r.outDir, "results.jsonl")}
 	r.results, err = newResultsWriter(rep.ResultsPath, opts.OutputFile)
@@ -249,6 +252,11 @@ func StaleRunDirs(tmp, runID string) []string {
 	matches, _ := filepath.Glob(filepath.Join(tmp, "rlmrun-*", "owner.json"))
 	var out []string
 	for _, m := range matches {
+		// Only run directories this user made: /tmp is everyone's, and a
+		// planted rlmrun-* directory (or a link to one) is not ours to remove.
+		if ownerdir.Check(filepath.Dir(m)) != nil {
+			continue
+		}
 		b, err := os.ReadFile(m)
 		if err != nil {
 			continue

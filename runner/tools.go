@@ -4,15 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"strings"
-	"syscall"
 	"time"
 
-	"github.com/rlmrun/rlmrun/backends/procs"
+	"github.com/rlmrun/rlmrun/runner/hostcmd"
 	"github.com/rlmrun/rlmrun/schema"
 	"github.com/rlmrun/rlmrun/tunnel"
 )
@@ -96,21 +93,14 @@ func bindArgs(t schema.Tool, args []any, kwargs map[string]any) (map[string]any,
 
 // runHostTool runs a tool's command: the call as JSON on stdin, its stdout
 // the result (JSON when it parses, else the text), a non-zero exit or the
-// tool's timeout an error carrying stderr. It runs in the spec's folder. cpu
-// is what the tool's processes used (user + system), for the run's time
-// split.
-func runHostTool(ctx context.Context, t schema.Tool, dir string, call toolCall) (res any, cpu time.Duration, err error) {
-	res, p, err := startHostTool(ctx, t, dir, call)
-	if p != nil && p.State() != nil {
-		cpu = p.State().UserTime() + p.State().SystemTime()
-	}
-	return res, cpu, err
-}
-
-func startHostTool(ctx context.Context, t schema.Tool, dir string, call toolCall) (any, *procs.Proc, error) {
+// tool's timeout an error carrying stderr. It runs in the spec's folder
+// with a scrubbed environment (hostcmd), and nothing it starts outlives it.
+// cpu is what the tool's processes used (user + system), for the run's
+// time split.
+func runHostTool(ctx context.Context, sp *hostcmd.Spawner, t schema.Tool, dir string, call toolCall) (res any, cpu time.Duration, err error) {
 	args, err := bindArgs(t, call.Args, call.Kwargs)
 	if err != nil {
-		return nil, nil, err
+		return nil, 0, err
 	}
 	call.Arguments = args
 	if call.Args == nil {
@@ -118,48 +108,33 @@ func startHostTool(ctx context.Context, t schema.Tool, dir string, call toolCall
 	}
 	in, err := json.Marshal(call)
 	if err != nil {
-		return nil, nil, &tunnel.BadRequest{Msg: fmt.Sprintf("arguments are not JSON: %v", err)}
+		return nil, 0, &tunnel.BadRequest{Msg: fmt.Sprintf("arguments are not JSON: %v", err)}
 	}
-	timeout := t.Timeout.Duration
-	argv := t.Run.Args()
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Dir = dir
-	cmd.Stdin = bytes.NewReader(in)
-	var stdout capped
-	stdout.max = maxToolOutput
-	stderr := procs.NewTail(16 << 10)
-	cmd.Stdout = &stdout
-	cmd.Stderr = stderr
-	cmd.Env = append(os.Environ(), "RLM_TOOL_NAME="+t.Name, "RLM_TOOL_ROLE="+call.Role)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return nil, nil, &tunnel.ToolError{Msg: fmt.Sprintf("tool %s could not start: %v", t.Name, err)}
+	out := sp.Run(ctx, hostcmd.Call{
+		Cmd: hostcmd.Cmd{
+			Argv:  t.Run.Args(),
+			Dir:   dir,
+			Env:   hostcmd.Environ(os.Environ(), t.PassEnv, t.Env, "RLM_TOOL_NAME="+t.Name, "RLM_TOOL_ROLE="+call.Role),
+			Stdin: bytes.NewReader(in),
+		},
+		Timeout:    t.Timeout.Duration,
+		MaxStdout:  maxToolOutput,
+		StderrTail: 16 << 10,
+	})
+	cpu = out.CPU
+	switch {
+	case !out.Started:
+		return nil, 0, &tunnel.ToolError{Msg: fmt.Sprintf("tool %s could not start: %v", t.Name, out.Err)}
+	case out.TimedOut:
+		return nil, cpu, &tunnel.ToolError{Msg: fmt.Sprintf("tool %s timed out after %s%s", t.Name, t.Timeout.Duration, stderrSuffix(out.Stderr))}
+	case ctx.Err() != nil:
+		return nil, cpu, ctx.Err()
+	case out.Err != nil:
+		return nil, cpu, &tunnel.ToolError{Msg: fmt.Sprintf("tool %s failed (%s)%s", t.Name, hostcmd.Describe(out.Err), stderrSuffix(out.Stderr))}
+	case out.StdoutOver:
+		return nil, cpu, &tunnel.ToolError{Msg: fmt.Sprintf("tool %s printed more than %d bytes", t.Name, maxToolOutput)}
 	}
-	p := procs.Watch(cmd)
-	timer := time.NewTimer(timeout)
-	defer timer.Stop()
-	select {
-	case <-p.Exited():
-	case <-timer.C:
-		p.Kill()
-		<-p.Exited()
-		return nil, p, &tunnel.ToolError{Msg: fmt.Sprintf("tool %s timed out after %s%s", t.Name, t.Timeout.Duration, stderrSuffix(stderr.String()))}
-	case <-ctx.Done():
-		p.Kill()
-		<-p.Exited()
-		return nil, p, ctx.Err()
-	}
-	if err := p.Err(); err != nil {
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			return nil, p, &tunnel.ToolError{Msg: fmt.Sprintf("tool %s failed (%s)%s", t.Name, ee.ProcessState.String(), stderrSuffix(stderr.String()))}
-		}
-		return nil, p, &tunnel.ToolError{Msg: fmt.Sprintf("tool %s failed: %v", t.Name, err)}
-	}
-	if stdout.over {
-		return nil, p, &tunnel.ToolError{Msg: fmt.Sprintf("tool %s printed more than %d bytes", t.Name, maxToolOutput)}
-	}
-	return parseResult(stdout.buf.Bytes()), p, nil
+	return parseResult(out.Stdout), cpu, nil
 }
 
 func stderrSuffix(s string) string {
@@ -184,24 +159,6 @@ func parseResult(out []byte) any {
 	s := string(out)
 	s = strings.TrimSuffix(s, "\n")
 	return strings.TrimSuffix(s, "\r")
-}
-
-// capped is a buffer that stops growing at max.
-type capped struct {
-	buf  bytes.Buffer
-	max  int
-	over bool
-}
-
-func (c *capped) Write(p []byte) (int, error) {
-	if room := c.max - c.buf.Len(); room < len(p) {
-		c.over = true
-		if room > 0 {
-			c.buf.Write(p[:room])
-		}
-		return len(p), nil
-	}
-	return c.buf.Write(p)
 }
 
 // resultText is a tool result as a sub-LLM's tool message sees it.

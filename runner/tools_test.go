@@ -115,7 +115,7 @@ results`,
 
 func TestRewardsAndExpectations(t *testing.T) {
 	files := map[string]string{
-		"check.sh":  "#!/bin/sh\n# The reward is the number of lines of kept.txt.\nwc -l < kept.txt\n",
+		"check.sh":  "#!/bin/sh\n# The reward is the number of lines of kept.txt.\nwc -l < \"$RLM_WORKDIR/kept.txt\"\n",
 		"exit1.sh":  "#!/bin/sh\nexit 1\n",
 		"answer.sh": "#!/bin/sh\ngrep -q '\"answer\":\"forty-two\"' && test \"$RLM_ANSWER\" = forty-two\n",
 	}

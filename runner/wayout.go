@@ -127,7 +127,7 @@ func (w *wayOut) rootTool(t schema.Tool) tunnel.ToolFunc {
 // runHostTool runs a tool's command and accounts for its time.
 func (w *wayOut) runHostTool(ctx context.Context, t schema.Tool, call toolCall) (any, error) {
 	start := time.Now()
-	res, cpu, err := runHostTool(ctx, t, w.ro.r.spec.Dir, call)
+	res, cpu, err := runHostTool(ctx, w.ro.r.spawner, t, w.ro.r.spec.Dir, call)
 	w.mu.Lock()
 	w.metrics.hostToolTime += time.Since(start)
 	w.metrics.hostToolCPU += cpu

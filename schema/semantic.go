@@ -142,7 +142,7 @@ func (c *semanticChecker) dedupe(list []toolDef, where string) {
 func toolKey(t Tool) string {
 	var params any
 	_ = json.Unmarshal(t.Parameters, &params)
-	b, _ := json.Marshal([]any{t.Description, params, t.Run, t.Timeout.Duration})
+	b, _ := json.Marshal([]any{t.Description, params, t.Run, t.Timeout.Duration, t.HostEnv})
 	return string(b)
 }
 

@@ -72,6 +72,7 @@ type Tool struct {
 	Parameters  json.RawMessage `json:"parameters,omitempty"`
 	Run         Command         `json:"run"`
 	Timeout     Duration        `json:"timeout"`
+	HostEnv
 	// ParamNames lists the parameters in declaration order (positional order).
 	ParamNames []string `json:"-"`
 }
@@ -244,6 +245,13 @@ type Reward struct {
 	Run    *Command     `json:"run,omitempty"`
 	// Timeout bounds a `run` reward.
 	Timeout Duration `json:"timeout"`
+	HostEnv
+}
+
+// HostEnv is what a host command's environment adds to the scrubbed base.
+type HostEnv struct {
+	Env     map[string]string `json:"env,omitempty"`
+	PassEnv []string          `json:"pass_env,omitempty"`
 }
 
 // AnswerCheck compares a string (the answer, or a file's content) with an expectation.

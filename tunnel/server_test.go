@@ -1,22 +1,28 @@
 package tunnel
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/yamux"
+
+	"github.com/rlmrun/rlmrun/backends/protocol"
 )
 
 func testServer(t *testing.T) (*Server, *httptest.Server) {
 	t.Helper()
-	s := NewServer()
+	s := NewServer(Limits{})
 	s.Register(&Rollout{
 		Key:    "r1",
 		Secret: "secret-one",
@@ -161,5 +167,112 @@ func TestSecretsAreUnique(t *testing.T) {
 	a, b := NewSecret(), NewSecret()
 	if a == b || len(a) != 48 {
 		t.Fatalf("secrets %q %q", a, b)
+	}
+}
+
+// TestHeldRequestsAreBounded is one sandbox holding 64 requests that
+// declare 15 MB bodies and send most of them: the server buffers a bounded
+// amount for it, and another rollout's calls go on meanwhile.
+func TestHeldRequestsAreBounded(t *testing.T) {
+	s, _ := testServer(t)
+	session := func() (*yamux.Session, *yamux.Session) {
+		a, b := net.Pipe()
+		host, err := yamux.Server(a, protocol.YamuxConfig(io.Discard))
+		if err != nil {
+			t.Fatal(err)
+		}
+		remote, err := yamux.Client(b, protocol.YamuxConfig(io.Discard))
+		if err != nil {
+			t.Fatal(err)
+		}
+		go s.Serve(host)
+		t.Cleanup(func() { remote.Close(); host.Close() })
+		return host, remote
+	}
+	heap := func() uint64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	before := heap()
+	_, attacker := session()
+	chunk := bytes.Repeat([]byte("x"), 1<<20)
+	for i := 0; i < 64; i++ {
+		go func() {
+			// Opens beyond what the server accepts block in yamux itself.
+			st, err := attacker.Open()
+			if err != nil {
+				return
+			}
+			fmt.Fprintf(st, "POST /rollout/r1/v1/rlm/tools HTTP/1.1\r\nHost: agent\r\nAuthorization: Bearer secret-one\r\nContent-Length: 15000000\r\n\r\n")
+			for j := 0; j < 14; j++ {
+				if _, err := st.Write(chunk); err != nil {
+					return
+				}
+			}
+			<-make(chan struct{}) // held, never finished
+		}()
+	}
+	time.Sleep(2 * time.Second) // let the server take in all it will
+	// Meanwhile another rollout's call is answered.
+	_, other := session()
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: func(context.Context, string, string) (net.Conn, error) {
+		return other.Open()
+	}}}
+	req, _ := http.NewRequest(http.MethodPost, "http://agent/rollout/r2/v1/rlm/tools", strings.NewReader(`{"tool_name":"none"}`))
+	req.Header.Set("Authorization", "Bearer secret-two")
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("another rollout's call during the attack: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound { // its tool does not exist: answered
+		t.Errorf("another rollout's call: HTTP %d", resp.StatusCode)
+	}
+	grown := int64(heap()) - int64(before)
+	t.Logf("heap grew %d MB while 64 x 15 MB requests were held", grown>>20)
+	if grown > 100<<20 {
+		t.Fatalf("the server holds %d MB for one sandbox's held requests", grown>>20)
+	}
+}
+
+// A body declared larger than allowed is refused before it is read.
+func TestOversizedBodyRefusedEarly(t *testing.T) {
+	s := NewServer(Limits{})
+	s.Register(&Rollout{Key: "r", Secret: "k", Tools: map[string]ToolFunc{}})
+	hs := httptest.NewServer(s)
+	defer hs.Close()
+	conn, err := net.Dial("tcp", hs.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "POST /rollout/r/v1/rlm/tools HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\nContent-Length: %d\r\n\r\n", int64(MaxBody)+1)
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("no early answer: %v", err)
+	}
+	if resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+}
+
+// interception_url may carry a path: the routes are served under it.
+func TestServeURLUnderPrefix(t *testing.T) {
+	s, _ := testServer(t)
+	l, prefix, err := ListenURL("http://127.0.0.1:0/base/path")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.ServeURL(l, prefix)
+	defer s.Close()
+	status, body := post(t, "http://"+l.Addr().String()+"/base/path/rollout/r1/v1/rlm/tools", "secret-one", `{"tool_name":"echo"}`)
+	if status != 200 || body["result"] == nil {
+		t.Fatalf("under the prefix: %d %v", status, body)
+	}
+	if status, _ := post(t, "http://"+l.Addr().String()+"/rollout/r1/v1/rlm/tools", "secret-one", `{"tool_name":"echo"}`); status != 404 {
+		t.Errorf("outside the prefix: %d", status)
 	}
 }

@@ -23,6 +23,7 @@ import (
 
 	"github.com/hashicorp/yamux"
 
+	"github.com/rlmrun/rlmrun/backends/procs"
 	"github.com/rlmrun/rlmrun/backends/protocol"
 	"github.com/rlmrun/rlmrun/backends/worker"
 	rlmfs "github.com/rlmrun/rlmrun/fs"
@@ -45,6 +46,10 @@ type Options struct {
 	// The local backend puts it in the run's directory, which goes away even
 	// if the agent is killed.
 	TempDir string
+	// Init says the agent is the first process of a PID namespace made for
+	// it (the local backend's): when it ends, the kernel ends everything
+	// in it. Otherwise the agent becomes a child subreaper.
+	Init bool
 }
 
 // Agent serves one rollout.
@@ -64,6 +69,9 @@ type Agent struct {
 	tunnel   net.Listener
 	toolPort net.Listener // the Bash tool functions' way in
 	done     bool
+	// reaper adopts what cells start, however it escapes the worker's
+	// process group, and kills it with the worker.
+	reaper *procs.Reaper
 }
 
 // Run serves until the runner shuts the agent down, the stream ends or ctx
@@ -78,6 +86,10 @@ func Run(ctx context.Context, opts Options) error {
 		return fmt.Errorf("agent session: %w", err)
 	}
 	a := &Agent{opts: opts, session: sess, logger: log.New(opts.Log, "rlmrun agent: ", 0)}
+	if a.reaper, err = procs.NewReaper(opts.Init); err != nil {
+		// Not fatal: the worker's process group is still killed.
+		a.logger.Printf("reaper: %v", err)
+	}
 	defer a.cleanup()
 	if a.private, err = os.MkdirTemp(opts.TempDir, "rlmrun-agent-"); err != nil {
 		return fmt.Errorf("agent temp dir: %w", err)
@@ -312,6 +324,9 @@ func (a *Agent) workerEnv() []string {
 		env["LANG"] = "C.UTF-8"
 	}
 	env["RLM_WORKDIR"] = a.workdir
+	if owner := os.Getenv("RLMRUN_OWNER"); owner != "" {
+		env["RLMRUN_OWNER"] = owner // see local.OwnerEnv
+	}
 	if urls := a.toolURLs(); urls != nil {
 		for k, v := range urls {
 			env[k] = v
@@ -393,8 +408,7 @@ func (a *Agent) startWorkerLocked(ctx context.Context, restart bool) (time.Durat
 		if !restart {
 			return 0, errors.New("worker already started")
 		}
-		a.worker.Kill()
-		a.worker = nil
+		a.endWorker()
 	}
 	start := time.Now()
 	names := make([]string, len(a.init.Tools))
@@ -434,7 +448,31 @@ func (a *Agent) startWorkerLocked(ctx context.Context, restart bool) (time.Durat
 }
 
 func (a *Agent) spawnConfig(lang, python string) worker.SpawnConfig {
-	return worker.SpawnConfig{Language: lang, Python: python, StateDir: filepath.Join(a.private, "worker")}
+	return worker.SpawnConfig{Language: lang, Python: python, StateDir: filepath.Join(a.private, "worker"), Reaper: a.reaper}
+}
+
+// leftoverWait bounds killing what a worker left behind.
+const leftoverWait = 5 * time.Second
+
+// endWorker kills the worker, its process group, and everything its cells
+// started that left the group; the caller holds a.mu.
+func (a *Agent) endWorker() {
+	if a.worker != nil {
+		a.worker.Kill()
+		a.worker = nil
+	}
+	a.killLeftovers()
+}
+
+func (a *Agent) killLeftovers() {
+	if a.reaper == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), leftoverWait)
+	defer cancel()
+	if err := a.reaper.KillDescendants(ctx); err != nil {
+		a.logger.Printf("processes left by the worker survive: %v", err)
+	}
 }
 
 func (a *Agent) doExec(cctx context.Context, req protocol.Request) (*protocol.ExecReply, error) {
@@ -454,13 +492,11 @@ func (a *Agent) doExec(cctx context.Context, req protocol.Request) (*protocol.Ex
 	})
 	if err != nil {
 		// The cell was interrupted: the worker is in an unknown state.
-		a.worker.Kill()
-		a.worker = nil
+		a.endWorker()
 		return nil, fmt.Errorf("exec: %w", err)
 	}
 	if rep.Status == protocol.StatusTimeout || rep.Status == protocol.StatusCrashed {
-		a.worker.Kill()
-		a.worker = nil
+		a.endWorker()
 		if req.Exec.RestartOnFailure {
 			// The cell's context may be done; the restart gets its own.
 			if _, err := a.startWorkerLocked(context.WithoutCancel(cctx), false); err != nil {
@@ -497,9 +533,10 @@ func (a *Agent) cleanup() {
 		}
 		a.spawned = nil
 	}
-	if a.worker != nil {
-		a.worker.Kill()
-		a.worker = nil
+	a.endWorker()
+	if a.reaper != nil {
+		a.reaper.Close()
+		a.reaper = nil
 	}
 	if a.private != "" {
 		_ = os.RemoveAll(a.private)

@@ -17,17 +17,28 @@ func (a *Agent) startTunnel() error {
 		return fmt.Errorf("tunnel: listen on loopback: %w", err)
 	}
 	a.tunnel = ln
+	// As many connections at once as the runner serves per agent: more
+	// wait in this sandbox's own listen queue.
+	slots := make(chan struct{}, tunnelConns)
 	go func() {
 		for {
+			slots <- struct{}{}
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			go a.carry(c)
+			go func() {
+				defer func() { <-slots }()
+				a.carry(c)
+			}()
 		}
 	}()
 	return nil
 }
+
+// tunnelConns is how many tunnelled connections run at once (the runner's
+// tunnel.Limits.ConnsPerAgent).
+const tunnelConns = 16
 
 func (a *Agent) carry(c net.Conn) {
 	defer c.Close()

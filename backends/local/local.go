@@ -8,6 +8,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -21,10 +24,18 @@ import (
 type Options struct {
 	// AgentPath is the rlmrun binary to run as `AGENT agent`.
 	AgentPath string
+	// NoNamespaces runs agents without a PID namespace of their own, as
+	// where the kernel refuses one (tests of that fallback).
+	NoNamespaces bool
 }
 
 // Executor starts one local agent process per rollout.
-type Executor struct{ opts Options }
+type Executor struct {
+	opts  Options
+	owner string // this runner: PID-START
+	// noNamespaces remembers that the kernel refused a PID namespace.
+	noNamespaces atomic.Bool
+}
 
 // New returns a local executor.
 func New(opts Options) (*Executor, error) {
@@ -35,41 +46,65 @@ func New(opts Options) (*Executor, error) {
 		}
 		opts.AgentPath = self
 	}
-	return &Executor{opts: opts}, nil
+	start, err := procs.StartTime(os.Getpid())
+	if err != nil {
+		return nil, err
+	}
+	e := &Executor{opts: opts, owner: fmt.Sprintf("%d-%s", os.Getpid(), start)}
+	e.noNamespaces.Store(opts.NoNamespaces)
+	return e, nil
+}
+
+// OwnerEnv marks the processes of a rollout run without a PID namespace with
+// their runner ("PID-START"): the agent passes it on to its worker.
+const OwnerEnv = "RLMRUN_OWNER"
+
+// StaleProcesses lists processes marked with OwnerEnv whose runner is gone:
+// what cells of a killed run left when no PID namespace could end them. A
+// process that cleared its environment is not found.
+func StaleProcesses() []int {
+	var out []int
+	dirs, _ := os.ReadDir("/proc")
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		env, err := os.ReadFile(filepath.Join("/proc", d.Name(), "environ"))
+		if err != nil {
+			continue
+		}
+		for _, kv := range strings.Split(string(env), "\x00") {
+			owner, ok := strings.CutPrefix(kv, OwnerEnv+"=")
+			if !ok {
+				continue
+			}
+			opid, start, _ := strings.Cut(owner, "-")
+			if n, err := strconv.Atoi(opid); err == nil && !procs.Alive(n, start) {
+				out = append(out, pid)
+			}
+			break
+		}
+	}
+	return out
 }
 
 // Name is "local".
 func (e *Executor) Name() string { return "local" }
 
 // Start runs `rlmrun agent` with a scrubbed environment and connects to it.
-// The process is in its own process group (Ctrl-C reaches the runner, which
-// ends it in order) and is killed if the runner dies.
+// The agent is the first process of a PID namespace of its own, so when it
+// ends — even killed, even with the runner — the kernel ends everything its
+// cells started, however they left its process group. It is in its own
+// process group (Ctrl-C reaches the runner, which ends it in order) and is
+// killed if the runner dies.
 func (e *Executor) Start(ctx context.Context, req backends.StartRequest) (*client.Session, *backends.Facts, error) {
-	// The agent's private files go next to the rollout's directory, inside
-	// the run's directory: they go with it even if the agent is killed.
-	args := []string{"agent", "--tmp", filepath.Dir(req.Root)}
-	if req.Language != "" {
-		args = append(args, "--language", req.Language, "--python", req.Python)
-	}
-	cmd := exec.Command(e.opts.AgentPath, args...)
-	cmd.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8"}
-	stderr := procs.NewTail(8 << 10)
-	cmd.Stderr = stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	stdin, err := cmd.StdinPipe()
+	proc, stdio, stderr, contained, err := e.startAgent(req)
 	if err != nil {
 		return nil, nil, err
 	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, nil, err
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, nil, fmt.Errorf("start agent %s: %w", e.opts.AgentPath, err)
-	}
-	proc := procs.Watch(cmd)
 	sess, err := client.New(client.Options{
-		Conn:        agent.StdioConn{In: stdout, Out: stdin},
+		Conn:        stdio,
 		Close:       func(ctx context.Context) error { return proc.Stop(ctx, 3*time.Second) },
 		Diagnostics: stderr.String,
 	})
@@ -91,5 +126,56 @@ func (e *Executor) Start(ctx context.Context, req backends.StartRequest) (*clien
 		}
 		return nil, nil, err
 	}
-	return sess, &backends.Facts{Backend: "local", AgentPID: hello.PID, AgentUID: hello.UID, Hostname: hello.Hostname}, nil
+	containment := procs.ContainProcessGroup
+	if contained {
+		containment = procs.ContainPIDNamespace
+	}
+	// The pid as this machine sees it: inside its namespace the agent is 1.
+	return sess, &backends.Facts{Backend: "local", AgentPID: proc.Pid(), AgentUID: hello.UID, Hostname: hello.Hostname, Containment: containment}, nil
+}
+
+// startAgent starts the agent process, in a PID namespace unless the
+// kernel refuses one.
+func (e *Executor) startAgent(req backends.StartRequest) (*procs.Proc, agent.StdioConn, *procs.Tail, bool, error) {
+	for {
+		contain := !e.noNamespaces.Load()
+		// The agent's private files go next to the rollout's directory,
+		// inside the run's directory: they go with it even if the agent is
+		// killed.
+		args := []string{"agent", "--tmp", filepath.Dir(req.Root)}
+		if req.Language != "" {
+			args = append(args, "--language", req.Language, "--python", req.Python)
+		}
+		attr := &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+		if contain {
+			args = append(args, "--init")
+			procs.NewPIDNamespace(attr)
+		}
+		cmd := exec.Command(e.opts.AgentPath, args...)
+		cmd.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8"}
+		if !contain {
+			// Without a namespace, what a killed run's cells left can only be
+			// found by this mark in their environment (StaleProcesses).
+			cmd.Env = append(cmd.Env, OwnerEnv+"="+e.owner)
+		}
+		stderr := procs.NewTail(8 << 10)
+		cmd.Stderr = stderr
+		cmd.SysProcAttr = attr
+		stdin, err := cmd.StdinPipe()
+		if err != nil {
+			return nil, agent.StdioConn{}, nil, false, err
+		}
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			return nil, agent.StdioConn{}, nil, false, err
+		}
+		if err := cmd.Start(); err != nil {
+			if contain && procs.NamespaceRefused(err) {
+				e.noNamespaces.Store(true)
+				continue
+			}
+			return nil, agent.StdioConn{}, nil, false, fmt.Errorf("start agent %s: %w", e.opts.AgentPath, err)
+		}
+		return procs.Watch(cmd), agent.StdioConn{In: stdout, Out: stdin}, stderr, contain, nil
+	}
 }

@@ -2,14 +2,18 @@ package local
 
 import (
 	"context"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"testing"
 	"time"
 
 	"github.com/rlmrun/rlmrun/backends"
 	"github.com/rlmrun/rlmrun/backends/client"
+	"github.com/rlmrun/rlmrun/backends/procs"
 	"github.com/rlmrun/rlmrun/backends/protocol"
 	rlmfs "github.com/rlmrun/rlmrun/fs"
 	"github.com/rlmrun/rlmrun/internal/testbin"
@@ -149,3 +153,22 @@ func median(ts []time.Duration) float64 {
 }
 
 func rlmfsLimits() rlmfs.Limits { return rlmfs.Limits{MaxBytes: 1 << 20, MaxFiles: 100} }
+
+// Without a PID namespace, what a killed run left is found by its mark.
+func TestStaleProcessesFindsMarkedLeftovers(t *testing.T) {
+	dead := exec.Command("sleep", "1000")
+	dead.Env = []string{OwnerEnv + "=999999999-1"}
+	live := exec.Command("sleep", "1000")
+	start, _ := procs.StartTime(os.Getpid())
+	live.Env = []string{fmt.Sprintf("%s=%d-%s", OwnerEnv, os.Getpid(), start)}
+	for _, c := range []*exec.Cmd{dead, live} {
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func(c *exec.Cmd) { c.Process.Kill(); c.Wait() }(c)
+	}
+	got := StaleProcesses()
+	if !slices.Contains(got, dead.Process.Pid) || slices.Contains(got, live.Process.Pid) {
+		t.Fatalf("StaleProcesses() = %v; dead owner's %d, live owner's %d", got, dead.Process.Pid, live.Process.Pid)
+	}
+}

@@ -58,6 +58,9 @@ func (p *Proc) Stop(ctx context.Context, grace time.Duration) error {
 	return nil
 }
 
+// Pid is the process id.
+func (p *Proc) Pid() int { return p.cmd.Process.Pid }
+
 // Kill sends SIGKILL to the process group (or the process).
 func (p *Proc) Kill() {
 	if p.cmd.Process == nil {

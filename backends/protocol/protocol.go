@@ -238,6 +238,9 @@ func YamuxConfig(logw io.Writer) *yamux.Config {
 	cfg.KeepAliveInterval = 15 * time.Second
 	cfg.ConnectionWriteTimeout = 30 * time.Second
 	cfg.StreamOpenTimeout = 30 * time.Second
+	// Streams the other end opens beyond what this end has accepted are
+	// refused, not queued without bound: each may hold a window of data.
+	cfg.AcceptBacklog = 32
 	cfg.LogOutput = nil
 	cfg.Logger = log.New(logw, "yamux: ", 0)
 	return cfg

@@ -16,6 +16,14 @@ def _rlm_main():
     import _ast
     import builtins
 
+    # Out of memory, the kernel must kill the cell, not the agent: the
+    # worker raises its own score (children inherit it).
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:
+        pass
+
     req_fd = os.dup(3)
     rep_fd = os.dup(4)
     os.close(3)

@@ -23,6 +23,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/rlmrun/rlmrun/backends/procs"
 	"github.com/rlmrun/rlmrun/backends/protocol"
 )
 
@@ -41,6 +42,9 @@ type SpawnConfig struct {
 	Python   string // interpreter for the Python worker
 	// StateDir holds the worker's own files (the Bash cell file).
 	StateDir string
+	// Reaper, when set, starts the process: the agent's reaper then leaves
+	// its exit status to the worker.
+	Reaper *procs.Reaper
 }
 
 // Config is what Configure gives a spawned worker.
@@ -179,7 +183,11 @@ func (w *Worker) launch(argv []string, stdin *os.File, extra []*os.File) (stdout
 	// Its own process group, so everything a cell starts dies with it; and it
 	// dies if the agent does.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	start := cmd.Start
+	if r := w.spawn.Reaper; r != nil {
+		start = func() error { return r.Start(cmd) }
+	}
+	if err := start(); err != nil {
 		outR.Close()
 		outW.Close()
 		errR.Close()
@@ -188,13 +196,12 @@ func (w *Worker) launch(argv []string, stdin *os.File, extra []*os.File) (stdout
 	}
 	outW.Close()
 	errW.Close()
-	// When a sandbox runs out of memory, the kernel must kill the cell's
-	// processes, not the agent: the rollout then goes on with a fresh
-	// worker. Raising the score needs no privilege; children inherit it.
-	_ = os.WriteFile(fmt.Sprintf("/proc/%d/oom_score_adj", cmd.Process.Pid), []byte("1000"), 0)
 	w.cmd = cmd
 	go func() {
 		w.waitErr = cmd.Wait()
+		if r := w.spawn.Reaper; r != nil {
+			r.Release(cmd.Process.Pid)
+		}
 		close(w.exited)
 	}()
 	return outR, errR, nil
@@ -243,7 +250,11 @@ func (w *Worker) spawnBash() error {
 	// the cell's `declare`s local), because bash reads its stdin a byte at a
 	// time: the line sent per cell must stay short.
 	driver := "builtin source /dev/fd/95 <&90; " + bashEndOfCell()
-	init := fmt.Sprintf("__rlm_mark=%s\n__rlm_d=%s\nexec 90</dev/null 91>&1 92>&2 93>&3 3>&- 95<%s\n",
+	// When a sandbox runs out of memory, the kernel must kill the cell's
+	// processes, not the agent: the rollout then goes on with a fresh
+	// worker. The worker raises its own score (no privilege needed; children
+	// inherit it) through /proc/self, which names it in any PID namespace.
+	init := fmt.Sprintf("builtin echo 1000 2>/dev/null >/proc/self/oom_score_adj\n__rlm_mark=%s\n__rlm_d=%s\nexec 90</dev/null 91>&1 92>&2 93>&3 3>&- 95<%s\n",
 		bashQuoteBytes(w.marker), shellQuote(driver), shellQuote(cell))
 	_, err = io.WriteString(stdinW, init)
 	return err

@@ -32,6 +32,7 @@ func agentCommand() *cli.Command {
 			&cli.StringFlag{Name: "python", Usage: "interpreter of the Python worker"},
 			&cli.StringFlag{Name: "tmp", Usage: "make the agent's private directory in `DIR`"},
 			&cli.StringFlag{Name: "mark", Usage: "create `FILE` once running (a container's init waits for it)"},
+			&cli.BoolFlag{Name: "init", Usage: "the agent is the first process of a PID namespace made for it"},
 		},
 		Action: func(c *cli.Context) error {
 			// Ctrl-C is the runner's to handle: it ends agents in order.
@@ -54,6 +55,7 @@ func agentCommand() *cli.Command {
 				Language: c.String("language"),
 				Python:   c.String("python"),
 				TempDir:  c.String("tmp"),
+				Init:     c.Bool("init"),
 			})
 			if err != nil {
 				return withCode(exitFailed, err)

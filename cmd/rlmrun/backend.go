@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"syscall"
 
 	"github.com/rlmrun/rlmrun/backends/local"
 	"github.com/rlmrun/rlmrun/backends/sandbox"
@@ -86,6 +87,15 @@ func removeLeftovers(ctx context.Context, providers []sandbox.Provider, runID st
 		}
 		fmt.Fprintf(out, "%s %s\n", verb, what)
 	}
+	if runID == "" {
+		for _, pid := range local.StaleProcesses() {
+			var err error
+			if !dryRun {
+				err = syscall.Kill(pid, syscall.SIGKILL)
+			}
+			note(fmt.Sprintf("process %d left by a killed local run", pid), err)
+		}
+	}
 	for _, dir := range runner.StaleRunDirs(os.TempDir(), runID) {
 		var err error
 		if !dryRun {
@@ -110,7 +120,7 @@ func removeLeftovers(ctx context.Context, providers []sandbox.Provider, runID st
 			for _, f := range bw.StaleAgentCopies() {
 				var err error
 				if !dryRun {
-					err = os.Remove(f)
+					err = bw.RemoveAgentCopy(f)
 				}
 				note("agent copy "+f, err)
 			}

@@ -24,6 +24,7 @@ import (
 const ciSpec = `version: 1
 name: ci
 repl: {language: bash}
+backend: {sandbox: {disk_size_gb: 0.001}}
 rollouts:
   - id: good
     turns:
@@ -35,7 +36,8 @@ rollouts:
     expect: {answer: "42"}
   - id: broken
     turns:
-      - code: "kill -9 $PPID" # the agent: the rollout cannot go on
+      # More than disk_size_gb: the sync-back fails, the rollout errors.
+      - code: "head -c 2000000 /dev/zero > big"
   - id: rep
     repeat: 2
     turns:

@@ -50,7 +50,7 @@ func TestSIGKILLLeavesNoProcessAndCleanupFindsTheRest(t *testing.T) {
 	if err := os.Chmod(tmp, 0o711); err != nil {
 		t.Fatal(err)
 	}
-	env := append(os.Environ(), "TMPDIR="+tmp)
+	env := append(os.Environ(), "TMPDIR="+tmp, "RLMRUN_STATE_DIR="+filepath.Join(tmp, "state"))
 	dir := t.TempDir()
 	start := func(marker string) *exec.Cmd {
 		cmd := exec.Command(rlmrunBin, "run", "--out-dir", filepath.Join(dir, "out"), sandboxSpec(t, dir, marker))
@@ -102,7 +102,7 @@ func TestSIGKILLLeavesNoProcessAndCleanupFindsTheRest(t *testing.T) {
 	if len(testbin.Procs(live)) == 0 {
 		t.Fatal("cleanup touched the live run's sandbox")
 	}
-	states, _ := filepath.Glob(filepath.Join(tmp, "rlmrun-sandboxes", "rlmrun-*"))
+	states, _ := filepath.Glob(filepath.Join(tmp, "state", "sandboxes", "rlmrun-*"))
 	if len(states) != 1 {
 		t.Fatalf("sandbox states: %v (want the live run's only)", states)
 	}
@@ -110,7 +110,50 @@ func TestSIGKILLLeavesNoProcessAndCleanupFindsTheRest(t *testing.T) {
 	_ = survivor.Process.Signal(syscall.SIGTERM)
 	_ = survivor.Wait()
 	waitFor(t, "the live run's sandbox to go", func() bool { return len(testbin.Procs(live)) == 0 })
-	if states, _ := filepath.Glob(filepath.Join(tmp, "rlmrun-sandboxes", "*")); len(states) != 0 {
+	if states, _ := filepath.Glob(filepath.Join(tmp, "state", "sandboxes", "*")); len(states) != 0 {
 		t.Fatalf("left after a clean stop: %v", states)
+	}
+}
+
+// TestSIGKILLLocalRunLeavesNoProcess kills a local run with SIGKILL while
+// its cell's processes have left the worker's session: they die with the
+// agent's PID namespace, and cleanup then finds only the run directory.
+func TestSIGKILLLocalRunLeavesNoProcess(t *testing.T) {
+	tmp, err := os.MkdirTemp("/tmp", "rlmrun-test-tmp-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(tmp)
+	env := append(os.Environ(), "TMPDIR="+tmp, "RLMRUN_STATE_DIR="+filepath.Join(tmp, "state"))
+	dir := t.TempDir()
+	tag := fmt.Sprintf("rlmrun-sigkill-local-%d", os.Getpid())
+	spec := filepath.Join(dir, "spec.yaml")
+	body := fmt.Sprintf(`version: 1
+name: killed-local
+rollouts:
+  - id: slow
+    turns:
+      - code: "setsid bash -c 'exec -a %[1]s-setsid sleep 1000' &"
+      - code: "setsid -f bash -c 'exec -a %[1]s-setsid-f sleep 1000'"
+      - code: "exec -a %[1]s-cell sleep 1000"
+`, tag)
+	if err := os.WriteFile(spec, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(rlmrunBin, "run", "--out-dir", filepath.Join(dir, "out"), spec)
+	cmd.Env = env
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the cell to run", func() bool { return len(testbin.Procs(tag+"-cell")) > 0 })
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	waitFor(t, "every process of the killed run to end", func() bool {
+		return len(testbin.Procs(tag+"-cell"))+len(testbin.Procs(tag+"-setsid"))+len(testbin.Procs(tag+"-setsid-f")) == 0
+	})
+	c := exec.Command(rlmrunBin, "cleanup", "--dry-run")
+	c.Env = env
+	if out, _ := c.CombinedOutput(); !strings.Contains(string(out), "would remove run directory") || strings.Contains(string(out), "process") {
+		t.Errorf("cleanup --dry-run after the killed local run:\n%s", out)
 	}
 }

@@ -13,14 +13,18 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
+	"github.com/hashicorp/go-multierror"
+
 	"github.com/rlmrun/rlmrun/backends/procs"
 	"github.com/rlmrun/rlmrun/backends/sandbox"
+	"github.com/rlmrun/rlmrun/internal/ownerdir"
 )
 
 // Inside every sandbox the REPL runs as this unprivileged user; on the host
@@ -36,8 +40,9 @@ const (
 type Options struct {
 	// AgentPath is the rlmrun binary to run inside sandboxes.
 	AgentPath string
-	// StateRoot holds the sandboxes' state directories (default
-	// $TMPDIR/rlmrun-sandboxes); `rlmrun cleanup` looks there.
+	// StateRoot holds the provider's state (default DefaultStateRoot());
+	// `rlmrun cleanup` looks there. rlmrun creates it, or uses it only if
+	// it is this user's own and nobody else may write to it.
 	StateRoot string
 }
 
@@ -48,13 +53,37 @@ type Provider struct {
 	setpriv string // set when running as root: bwrap then runs as nobody
 	cg      *cgroups
 
+	// The state root holds sandboxes/ (0700: each sandbox's labels and
+	// pid, private to this user) and bin/ (0711: the agent copy, which
+	// bubblewrap, running as nobody, must reach by name). Both are opened
+	// as Roots: every file is created through them, exclusively and never
+	// through a symlink.
+	sandboxes *os.Root
+	bin       *os.Root
+
 	once     sync.Once
 	agent    string // a copy of the agent binary every sandbox user can read
 	agentErr error
 }
 
-// DefaultStateRoot is where sandbox state lives unless told otherwise.
-func DefaultStateRoot() string { return filepath.Join(os.TempDir(), "rlmrun-sandboxes") }
+// DefaultStateRoot is where sandbox state lives unless told otherwise:
+// $RLMRUN_STATE_DIR, else a directory of this user's in /run (root) or
+// $XDG_RUNTIME_DIR, and only failing those one named for the user in the
+// temp directory.
+func DefaultStateRoot() string {
+	if d := os.Getenv("RLMRUN_STATE_DIR"); d != "" {
+		return d
+	}
+	if os.Geteuid() == 0 {
+		if fi, err := os.Stat("/run"); err == nil && fi.IsDir() {
+			return "/run/rlmrun"
+		}
+	}
+	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" && filepath.IsAbs(d) {
+		return filepath.Join(d, "rlmrun")
+	}
+	return filepath.Join(os.TempDir(), fmt.Sprintf("rlmrun-%d", os.Geteuid()))
+}
 
 // New finds bubblewrap and prepares the state root.
 func New(opts Options) (*Provider, error) {
@@ -76,10 +105,31 @@ func New(opts Options) (*Provider, error) {
 		p.setpriv = sp
 		p.cg = detectCgroups()
 	}
-	if err := os.MkdirAll(opts.StateRoot, 0o711); err != nil {
+	if err := p.openState(); err != nil {
 		return nil, fmt.Errorf("bwrap state directory: %w", err)
 	}
 	return p, nil
+}
+
+func (p *Provider) openState() error {
+	root := p.opts.StateRoot
+	for _, d := range []struct {
+		path string
+		perm os.FileMode
+	}{{root, 0o711}, {filepath.Join(root, "sandboxes"), 0o700}, {filepath.Join(root, "bin"), 0o711}} {
+		if err := ownerdir.Ensure(d.path, d.perm); err != nil {
+			return err
+		}
+	}
+	var err error
+	if p.sandboxes, err = os.OpenRoot(filepath.Join(root, "sandboxes")); err != nil {
+		return err
+	}
+	if p.bin, err = os.OpenRoot(filepath.Join(root, "bin")); err != nil {
+		p.sandboxes.Close()
+		return err
+	}
+	return nil
 }
 
 // Name is "bwrap".
@@ -106,43 +156,54 @@ func ownerPrefix() string {
 // original may sit in a directory only its owner can enter).
 func (p *Provider) agentCopy() (string, error) {
 	p.once.Do(func() {
-		dst := filepath.Join(p.opts.StateRoot, ownerPrefix())
-		p.agentErr = copyFile(p.opts.AgentPath, dst, 0o755)
-		p.agent = dst
+		name := ownerPrefix()
+		p.agentErr = copyInto(p.bin, p.opts.AgentPath, name, 0o755)
+		p.agent = filepath.Join(p.opts.StateRoot, "bin", name)
 	})
 	return p.agent, p.agentErr
 }
 
-func copyFile(src, dst string, mode os.FileMode) error {
+// copyInto copies src to name under root: written to a new temporary file,
+// then renamed into place.
+func copyInto(root *os.Root, src, name string, mode os.FileMode) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return fmt.Errorf("agent binary: %w", err)
 	}
 	defer in.Close()
-	tmp := dst + ".tmp"
-	out, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
+	tmp := name + ".tmp"
+	_ = root.Remove(tmp) // a copy a killed run of this pid left
+	out, err := root.OpenFile(tmp, ownerdir.Exclusive, mode)
 	if err != nil {
 		return fmt.Errorf("agent binary: %w", err)
 	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
+	_, err = io.Copy(out, in)
+	if err == nil {
+		err = out.Chmod(mode)
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		_ = root.Remove(tmp)
 		return fmt.Errorf("agent binary: %w", err)
 	}
-	if err := out.Close(); err != nil {
-		return err
-	}
-	if err := os.Chmod(tmp, mode); err != nil {
-		return err
-	}
-	return os.Rename(tmp, dst)
+	return root.Rename(tmp, name)
 }
 
-// Close removes the agent copy.
+// Close removes the agent copy and releases the state directories.
 func (p *Provider) Close() error {
+	var err error
 	if p.agent != "" {
-		return os.Remove(p.agent)
+		err = p.bin.Remove(filepath.Base(p.agent))
+		p.agent = ""
 	}
-	return nil
+	if p.cg != nil {
+		p.cg.close()
+	}
+	p.sandboxes.Close()
+	p.bin.Close()
+	return err
 }
 
 // box is one bubblewrap sandbox.
@@ -150,6 +211,7 @@ type box struct {
 	p      *Provider
 	id     string
 	dir    string
+	state  *os.Root // dir
 	req    sandbox.CreateRequest
 	cgroup []string
 
@@ -158,23 +220,36 @@ type box struct {
 	gone bool
 }
 
+// sandboxFiles are the /etc files a sandbox gets: its own users, so the
+// REPL's uid has a name.
+func sandboxFiles() map[string]string {
+	return map[string]string{
+		"/etc/passwd": fmt.Sprintf("root:x:0:0:root:/root:/bin/sh\nrlm:x:%d:%d:rlmrun sandbox:/tmp:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n", sandboxUID, sandboxGID),
+		"/etc/group":  fmt.Sprintf("root:x:0:\nrlm:x:%d:\nnogroup:x:65534:\n", sandboxGID),
+	}
+}
+
 // Create prepares the sandbox's state directory and cgroups; nothing runs yet.
 func (p *Provider) Create(ctx context.Context, req sandbox.CreateRequest) (sandbox.Sandbox, error) {
 	if _, err := p.agentCopy(); err != nil {
 		return nil, err
 	}
-	b := &box{p: p, id: req.Name, dir: filepath.Join(p.opts.StateRoot, req.Name), req: req}
-	if err := os.Mkdir(b.dir, 0o711); err != nil {
+	if err := checkID(req.Name); err != nil {
+		return nil, err
+	}
+	if err := p.sandboxes.Mkdir(req.Name, 0o700); err != nil {
 		return nil, fmt.Errorf("sandbox state: %w", err)
 	}
+	state, err := p.sandboxes.OpenRoot(req.Name)
+	if err != nil {
+		_ = p.sandboxes.RemoveAll(req.Name)
+		return nil, fmt.Errorf("sandbox state: %w", err)
+	}
+	b := &box{p: p, id: req.Name, dir: filepath.Join(p.opts.StateRoot, "sandboxes", req.Name), state: state, req: req}
 	labels, _ := json.Marshal(req.Labels)
-	passwd := fmt.Sprintf("root:x:0:0:root:/root:/bin/sh\nrlm:x:%d:%d:rlmrun sandbox:/tmp:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n", sandboxUID, sandboxGID)
-	group := fmt.Sprintf("root:x:0:\nrlm:x:%d:\nnogroup:x:65534:\n", sandboxGID)
-	for name, content := range map[string]string{"labels.json": string(labels), "passwd": passwd, "group": group} {
-		if err := os.WriteFile(filepath.Join(b.dir, name), []byte(content), 0o644); err != nil {
-			_ = os.RemoveAll(b.dir)
-			return nil, fmt.Errorf("sandbox state: %w", err)
-		}
+	if err := ownerdir.WriteFile(state, "labels.json", labels, 0o600); err != nil {
+		b.removeState()
+		return nil, fmt.Errorf("sandbox state: %w", err)
 	}
 	if p.cg != nil {
 		procs, err := p.cg.create(b.id, limits{
@@ -184,12 +259,25 @@ func (p *Provider) Create(ctx context.Context, req sandbox.CreateRequest) (sandb
 		})
 		b.cgroup = procs
 		if err != nil {
-			p.cg.remove(b.id)
-			_ = os.RemoveAll(b.dir)
+			_ = p.cg.remove(context.Background(), b.id)
+			b.removeState()
 			return nil, err
 		}
 	}
 	return b, nil
+}
+
+func (b *box) removeState() {
+	b.state.Close()
+	_ = b.p.sandboxes.RemoveAll(b.id)
+}
+
+// checkID refuses a sandbox name that is not one plain directory entry.
+func checkID(id string) error {
+	if id == "" || id == "." || id == ".." || strings.ContainsAny(id, "/\x00") {
+		return fmt.Errorf("bad sandbox id %q", id)
+	}
+	return nil
 }
 
 func (b *box) ID() string { return b.id }
@@ -225,9 +313,13 @@ func (b *box) bwrapArgs(argv []string) []string {
 	for _, f := range []string{"/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives", "/etc/localtime", "/etc/nsswitch.conf"} {
 		args = append(args, "--ro-bind-try", f, f)
 	}
+	// The sandbox's own /etc files arrive on inherited descriptors (3, 4,
+	// ...: Start passes them in this order), so bubblewrap, running as
+	// nobody, needs no path to this user's private state.
+	for i, name := range dataFileNames() {
+		args = append(args, "--ro-bind-data", strconv.Itoa(3+i), name)
+	}
 	args = append(args,
-		"--ro-bind", filepath.Join(b.dir, "passwd"), "/etc/passwd",
-		"--ro-bind", filepath.Join(b.dir, "group"), "/etc/group",
 		"--proc", "/proc",
 		"--dev", "/dev",
 		"--perms", "1777", "--size", strconv.FormatInt(int64(s.DiskSizeGB*(1<<30)), 10), "--tmpfs", "/tmp",
@@ -266,6 +358,16 @@ func (b *box) Start(ctx context.Context, argv []string) (sandbox.Process, error)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	stderr := procs.NewTail(8 << 10)
 	cmd.Stderr = stderr
+	data, err := dataPipes()
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		for _, f := range data {
+			f.Close()
+		}
+	}()
+	cmd.ExtraFiles = data
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		return nil, err
@@ -278,8 +380,46 @@ func (b *box) Start(ctx context.Context, argv []string) (sandbox.Process, error)
 		return nil, fmt.Errorf("start bwrap: %w", err)
 	}
 	b.proc = procs.Watch(cmd)
-	_ = os.WriteFile(filepath.Join(b.dir, "pid"), []byte(strconv.Itoa(cmd.Process.Pid)), 0o644)
+	if err := ownerdir.WriteFile(b.state, "pid", []byte(strconv.Itoa(cmd.Process.Pid)), 0o600); err != nil {
+		b.proc.Kill()
+		<-b.proc.Exited()
+		return nil, fmt.Errorf("sandbox state: %w", err)
+	}
 	return &process{in: stdin, out: stdout, stderr: stderr}, nil
+}
+
+// dataFileNames are the sandbox's /etc files, in descriptor order.
+func dataFileNames() []string {
+	names := make([]string, 0, 2)
+	for name := range sandboxFiles() {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// dataPipes returns, for each of dataFileNames, the read end of a pipe
+// holding its content (small: it fits the pipe's buffer).
+func dataPipes() ([]*os.File, error) {
+	files := sandboxFiles()
+	var out []*os.File
+	for _, name := range dataFileNames() {
+		r, w, err := os.Pipe()
+		if err != nil {
+			for _, f := range out {
+				f.Close()
+			}
+			return nil, err
+		}
+		_, err = io.WriteString(w, files[name])
+		w.Close()
+		if err != nil {
+			r.Close()
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, nil
 }
 
 // rlimits are the fallback limits when no cgroup is available.
@@ -307,7 +447,8 @@ func (p *process) Close() error {
 func (p *process) Diagnostics() string { return p.stderr.String() }
 
 // Delete kills the sandbox (bwrap's death takes everything inside with it)
-// and removes its state and cgroups.
+// and removes its state and cgroups. A cgroup that cannot be removed is an
+// error (cleanup finds it later).
 func (b *box) Delete(ctx context.Context) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -318,24 +459,33 @@ func (b *box) Delete(ctx context.Context) error {
 	if b.proc != nil {
 		_ = b.proc.Stop(ctx, 2*time.Second)
 	}
+	var errs *multierror.Error
 	if b.p.cg != nil {
-		b.p.cg.remove(b.id)
+		errs = multierror.Append(errs, b.p.cg.remove(context.WithoutCancel(ctx), b.id))
 	}
-	return os.RemoveAll(b.dir)
+	b.state.Close()
+	errs = multierror.Append(errs, b.p.sandboxes.RemoveAll(b.id))
+	return errs.ErrorOrNil()
 }
 
-// List returns the sandboxes whose labels include all of sel.
+// List returns the sandboxes whose labels include all of sel: those with a
+// state directory, and cgroups whose state directory is gone.
 func (p *Provider) List(ctx context.Context, sel map[string]string) ([]sandbox.Info, error) {
-	entries, err := os.ReadDir(p.opts.StateRoot)
+	f, err := p.sandboxes.Open(".")
 	if err != nil {
 		return nil, err
 	}
-	var out []sandbox.Info
+	entries, err := f.ReadDir(-1)
+	f.Close()
+	if err != nil {
+		return nil, err
+	}
+	found := map[string]map[string]string{}
 	for _, e := range entries {
 		if !e.IsDir() {
 			continue
 		}
-		b, err := os.ReadFile(filepath.Join(p.opts.StateRoot, e.Name(), "labels.json"))
+		b, err := p.sandboxes.ReadFile(filepath.Join(e.Name(), "labels.json"))
 		if err != nil {
 			continue
 		}
@@ -343,6 +493,17 @@ func (p *Provider) List(ctx context.Context, sel map[string]string) ([]sandbox.I
 		if json.Unmarshal(b, &labels) != nil {
 			continue
 		}
+		found[e.Name()] = labels
+	}
+	if p.cg != nil {
+		for name, labels := range p.cg.list() {
+			if _, ok := found[name]; !ok {
+				found[name] = labels
+			}
+		}
+	}
+	var out []sandbox.Info
+	for name, labels := range found {
 		match := true
 		for k, v := range sel {
 			if labels[k] != v {
@@ -351,36 +512,46 @@ func (p *Provider) List(ctx context.Context, sel map[string]string) ([]sandbox.I
 			}
 		}
 		if match {
-			out = append(out, sandbox.Info{ID: e.Name(), Labels: labels})
+			out = append(out, sandbox.Info{ID: name, Labels: labels})
 		}
 	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out, nil
 }
 
 // Remove deletes a sandbox found by List: it kills its bwrap process (if
 // one still runs) and removes its state and cgroups.
 func (p *Provider) Remove(ctx context.Context, id string) error {
-	if id == "" || strings.ContainsAny(id, "/\x00") || id == "." || id == ".." {
-		return fmt.Errorf("bad sandbox id %q", id)
+	if err := checkID(id); err != nil {
+		return err
 	}
-	dir := filepath.Join(p.opts.StateRoot, id)
-	if b, err := os.ReadFile(filepath.Join(dir, "pid")); err == nil {
+	dir := filepath.Join(p.opts.StateRoot, "sandboxes", id)
+	if b, err := p.sandboxes.ReadFile(filepath.Join(id, "pid")); err == nil {
 		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 0 {
-			if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil && strings.Contains(string(cmdline), dir) {
+			if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil && strings.Contains(string(cmdline), p.bwrap) {
 				_ = syscall.Kill(-pid, syscall.SIGKILL)
 				_ = syscall.Kill(pid, syscall.SIGKILL)
 			}
 		}
 	}
+	var errs *multierror.Error
 	if p.cg != nil {
-		p.cg.remove(id)
+		errs = multierror.Append(errs, p.cg.remove(ctx, id))
 	}
-	return os.RemoveAll(dir)
+	if err := p.sandboxes.RemoveAll(id); err != nil {
+		errs = multierror.Append(errs, fmt.Errorf("remove %s: %w", dir, err))
+	}
+	return errs.ErrorOrNil()
 }
 
 // StaleAgentCopies lists agent binary copies whose owner process is gone.
 func (p *Provider) StaleAgentCopies() []string {
-	entries, _ := os.ReadDir(p.opts.StateRoot)
+	f, err := p.bin.Open(".")
+	if err != nil {
+		return nil
+	}
+	entries, _ := f.ReadDir(-1)
+	f.Close()
 	var out []string
 	for _, e := range entries {
 		name := e.Name()
@@ -392,8 +563,16 @@ func (p *Provider) StaleAgentCopies() []string {
 			continue
 		}
 		if !sandbox.OwnerAlive(map[string]string{sandbox.LabelOwnerPID: parts[0], sandbox.LabelOwnerStart: parts[1]}) {
-			out = append(out, filepath.Join(p.opts.StateRoot, name))
+			out = append(out, name)
 		}
 	}
 	return out
+}
+
+// RemoveAgentCopy removes one of StaleAgentCopies.
+func (p *Provider) RemoveAgentCopy(name string) error {
+	if err := checkID(name); err != nil {
+		return err
+	}
+	return p.bin.Remove(name)
 }

@@ -51,7 +51,13 @@ func settings() schema.Sandbox {
 // sandboxed starts an agent in a fresh sandbox with a running Bash worker.
 func sandboxed(t testing.TB, s schema.Sandbox) (*client.Session, *bwrap.Provider, *backends.Facts) {
 	t.Helper()
-	p, err := bwrap.New(bwrap.Options{AgentPath: agentBin, StateRoot: stateRoot(t)})
+	return sandboxedIn(t, stateRoot(t), s)
+}
+
+// sandboxedIn is sandboxed with the state under root.
+func sandboxedIn(t testing.TB, root string, s schema.Sandbox) (*client.Session, *bwrap.Provider, *backends.Facts) {
+	t.Helper()
+	p, err := bwrap.New(bwrap.Options{AgentPath: agentBin, StateRoot: root})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,8 +207,10 @@ func TestDeleteLeavesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.Close()
-	if entries, _ := os.ReadDir(root); len(entries) != 0 {
-		t.Fatalf("state left behind: %v", entries)
+	for _, sub := range []string{"sandboxes", "bin"} {
+		if entries, _ := os.ReadDir(filepath.Join(root, sub)); len(entries) != 0 {
+			t.Fatalf("state left behind in %s: %v", sub, entries)
+		}
 	}
 }
 
