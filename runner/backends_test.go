@@ -171,3 +171,54 @@ func dockerReady(t *testing.T) bool {
 	}
 	return true
 }
+
+// TestSandboxNamesAreUnique runs rollouts whose ids read alike once made
+// safe for a sandbox name ("a#1" from repeat, and "a_1") side by side, in
+// bubblewrap and in Docker: each gets its own sandbox.
+func TestSandboxNamesAreUnique(t *testing.T) {
+	body := `version: 1
+name: alike
+backend: {type: sandbox}
+rollouts:
+  - id: a
+    repeat: 2
+    turns: [{code: "sleep 1; export RLM_CONTENT=$RLM_WORKDIR RLM_READY=1"}]
+  - id: a_1
+    turns: [{code: "sleep 1; export RLM_CONTENT=$RLM_WORKDIR RLM_READY=1"}]
+`
+	try := map[string]func(*schema.Spec) Backend{
+		"bwrap": func(*schema.Spec) Backend { ex, _, _ := newBwrap(t); return ex },
+	}
+	if dockerReady(t) {
+		try["docker"] = func(spec *schema.Spec) Backend {
+			spec.Backend.Sandbox.Provider = "docker"
+			spec.Backend.Sandbox.Image, spec.Backend.Sandbox.Pull = dockerTestImage, "never"
+			p, err := docker.New(context.Background(), docker.Options{AgentPath: agentBin})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ex, err := sandbox.NewExecutor(sandbox.Options{Provider: p, AgentPath: agentBin})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return ex
+		}
+	}
+	for name, backend := range try {
+		t.Run(name, func(t *testing.T) {
+			spec := loadSpec(t, body, nil)
+			b := backend(spec)
+			rep := runSpec(t, spec, func(o *Options) { o.Backend = b; o.Concurrency = 3 })
+			ids := map[string]bool{}
+			for _, r := range rep.Results {
+				if r.Status != StatusCompleted || r.Volatile.Facts == nil {
+					t.Fatalf("%s: %s %s", r.ID, r.Status, r.Error)
+				}
+				ids[r.Volatile.Facts.SandboxID] = true
+			}
+			if len(ids) != 3 {
+				t.Errorf("3 rollouts ran in %d sandboxes: %v", len(ids), ids)
+			}
+		})
+	}
+}

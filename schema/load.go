@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -51,7 +52,10 @@ func Load(file string) (*Spec, error) {
 // Load reads the spec in file. On failure the error lists every problem found,
 // one per line as FILE:LINE:COL: PATH: message; use Problems to get them.
 func (l *Loader) Load(file string) (*Spec, error) {
-	data, err := os.ReadFile(file)
+	data, err := readLimited(file, MaxSpecBytes)
+	if errors.Is(err, errSpecTooLarge) {
+		return nil, joinProblems(file, []Problem{{Pos: Pos{1, 1}, Message: fmt.Sprintf("the spec is larger than %d MiB; put large data in files (filesystem.context_dir)", MaxSpecBytes>>20)}})
+	}
 	if err != nil {
 		msg := err.Error()
 		var perr *fs.PathError
@@ -70,6 +74,29 @@ func (l *Loader) Load(file string) (*Spec, error) {
 	return l.LoadBytes(file, dir, data)
 }
 
+// MaxSpecBytes bounds a spec file.
+const MaxSpecBytes = 32 << 20
+
+var errSpecTooLarge = errors.New("spec too large")
+
+// readLimited reads at most limit bytes of file (which may be a pipe or a
+// device that never ends).
+func readLimited(file string, limit int64) ([]byte, error) {
+	f, err := os.Open(file)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(data)) > limit {
+		return nil, errSpecTooLarge
+	}
+	return data, nil
+}
+
 // LoadBytes loads a spec from data; file names it in messages and dir is the
 // folder relative paths start from.
 func (l *Loader) LoadBytes(file, dir string, data []byte) (*Spec, error) {
@@ -86,6 +113,9 @@ func (l *Loader) LoadBytes(file, dir string, data []byte) (*Spec, error) {
 	}
 	b := &treeBuilder{ix: &positionIx{byPointer: map[string]*nodeInfo{}, byDisplay: map[string]Pos{}}, bad: map[string]bool{}}
 	tree, _ := b.build(top, "", "", Pos{})
+	if b.tooLarge {
+		return nil, joinProblems(file, b.tooLargeProblem())
+	}
 	probs = append(probs, b.errs...)
 	root, _ := tree.(map[string]any)
 

@@ -2,16 +2,44 @@ package schema
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"text/template"
 	"text/template/parse"
 )
 
+// Limits that keep a template cheap whatever it says: what it renders is
+// capped (a spec is the author's, but reply templates render model text),
+// and so are its loops and printf widths; it cannot call itself.
+const (
+	// MaxRendered is the most a template may render.
+	MaxRendered = 16 << 20
+	// maxIterations bounds the iterations of a template's nested loops;
+	// a loop over data (not a number literal) counts as dataIterations.
+	maxIterations  = 1_000_000
+	dataIterations = 10_000
+	// maxWidth bounds printf widths and precisions.
+	maxWidth = 4096
+)
+
+// errTooLarge is a render past MaxRendered.
+var errTooLarge = fmt.Errorf("renders more than %d bytes", MaxRendered)
+
 // TemplateFuncs are the functions spec templates may call besides Go's builtins.
 func TemplateFuncs() template.FuncMap {
 	return template.FuncMap{
+		// printf as the builtin, but a width or precision may not make one
+		// call render megabytes.
+		"printf": func(format string, args ...any) (string, error) {
+			if err := checkWidths(format); err != nil {
+				return "", err
+			}
+			return fmt.Sprintf(format, args...), nil
+		},
 		"json": func(v any) (string, error) {
 			b, err := json.Marshal(v)
 			return string(b), err
@@ -45,11 +73,104 @@ func execute(t *template.Template, data map[string]any) (string, error) {
 	if t == nil {
 		return "", nil
 	}
-	var b strings.Builder
-	if err := t.Execute(&b, data); err != nil {
+	if msg := checkCost(t); msg != "" {
+		return "", errors.New(msg)
+	}
+	b := &cappedBuilder{max: MaxRendered}
+	if err := t.Execute(b, data); err != nil {
+		if errors.Is(err, errTooLarge) {
+			return "", errTooLarge
+		}
 		return "", err
 	}
 	return b.String(), nil
+}
+
+// cappedBuilder fails a write past max: text/template then stops.
+type cappedBuilder struct {
+	strings.Builder
+	max int
+}
+
+func (c *cappedBuilder) Write(p []byte) (int, error) {
+	if c.Len()+len(p) > c.max {
+		return 0, errTooLarge
+	}
+	return c.Builder.Write(p)
+}
+
+var widthRe = regexp.MustCompile(`%[-+# 0]*(\*|\d+)?(?:\.(\*|\d+))?`)
+
+// checkWidths refuses printf verbs whose width or precision could render
+// more than maxWidth characters.
+func checkWidths(format string) error {
+	for _, m := range widthRe.FindAllStringSubmatch(format, -1) {
+		for _, n := range m[1:] {
+			if n == "*" {
+				return errors.New("printf: a width or precision from an argument (*) is not allowed")
+			}
+			if v, err := strconv.Atoi(n); n != "" && (err != nil || v > maxWidth) {
+				return fmt.Errorf("printf: width or precision %s is over %d", n, maxWidth)
+			}
+		}
+	}
+	return nil
+}
+
+// checkCost returns a message when t defines or calls templates (which may
+// recurse), or nests loops past maxIterations.
+func checkCost(t *template.Template) string {
+	if len(t.Templates()) > 1 {
+		return "template defines templates (define, block): not supported in specs"
+	}
+	var msg string
+	var visit func(n parse.Node, iterations int64)
+	visit = func(n parse.Node, iterations int64) {
+		if msg != "" {
+			return
+		}
+		switch x := n.(type) {
+		case *parse.ListNode:
+			if x == nil {
+				return
+			}
+			for _, c := range x.Nodes {
+				visit(c, iterations)
+			}
+		case *parse.TemplateNode:
+			msg = fmt.Sprintf("template calls template %q: not supported in specs", x.Name)
+		case *parse.IfNode:
+			visit(x.List, iterations)
+			visit(x.ElseList, iterations)
+		case *parse.WithNode:
+			visit(x.List, iterations)
+			visit(x.ElseList, iterations)
+		case *parse.RangeNode:
+			n := rangeCount(x.Pipe)
+			total := iterations * n
+			if n > maxIterations || total > maxIterations {
+				msg = fmt.Sprintf("its loops run %d times: at most %d iterations in all", max(n, total), maxIterations)
+				return
+			}
+			visit(x.List, max(total, iterations))
+			visit(x.ElseList, iterations)
+		}
+	}
+	if t.Tree != nil {
+		visit(t.Tree.Root, 1)
+	}
+	return msg
+}
+
+// rangeCount is how often a range runs: its number when it ranges over a
+// literal, else dataIterations.
+func rangeCount(p *parse.PipeNode) int64 {
+	if p != nil && len(p.Cmds) == 1 && len(p.Cmds[0].Args) == 1 {
+		if num, ok := p.Cmds[0].Args[0].(*parse.NumberNode); ok && num.IsInt {
+			return max(num.Int64, 0)
+		}
+	}
+	return dataIterations
 }
 
 // RolloutData is the template data of strings evaluated once per rollout.
@@ -152,6 +273,9 @@ func checkTemplate(text string, sc tmplScope) (t *template.Template, msg string,
 		m = strings.TrimPrefix(m, "template: ")
 		m = strings.TrimPrefix(m, "t:")
 		return nil, "template does not parse: " + m, nil
+	}
+	if msg := checkCost(t); msg != "" {
+		return nil, msg, nil
 	}
 	msg, varsUsed = checkRefs(templateRefs(t), sc)
 	return t, msg, varsUsed

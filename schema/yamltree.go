@@ -1,13 +1,16 @@
 package schema
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"math"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"gopkg.in/yaml.v3"
 )
@@ -54,6 +57,16 @@ type treeBuilder struct {
 	inAlias    int
 	depth      int
 	tooLarge   bool
+	// alias is the outermost alias being expanded, for messages.
+	alias                *yaml.Node
+	aliasPath            string
+	tooLargeProblemIndex int
+}
+
+// tooLargeProblem is the one problem to report for a document over the
+// limits: what else was found is a consequence of the cut.
+func (b *treeBuilder) tooLargeProblem() []Problem {
+	return []Problem{b.errs[b.tooLargeProblemIndex]}
 }
 
 func (b *treeBuilder) problem(pos Pos, path, format string, args ...any) {
@@ -94,8 +107,10 @@ func (b *treeBuilder) build(n *yaml.Node, ptr, disp string, keyPos Pos) (any, bo
 	if b.nodes > maxNodes || b.aliasNodes > maxAliasNodes {
 		if !b.tooLarge {
 			b.tooLarge = true
-			if b.aliasNodes > maxAliasNodes {
-				b.problem(posOf(n), disp, "document too large: aliases expand to more than %d nodes", maxAliasNodes)
+			b.tooLargeProblemIndex = len(b.errs)
+			if b.aliasNodes > maxAliasNodes && b.alias != nil {
+				// Where the expansion is written, not somewhere inside it.
+				b.problem(posOf(b.alias), b.aliasPath, "document too large: aliases expand to more than %d nodes (here, at *%s)", maxAliasNodes, b.alias.Value)
 			} else {
 				b.problem(posOf(n), disp, "document too large: more than %d nodes", maxNodes)
 			}
@@ -115,6 +130,9 @@ func (b *treeBuilder) build(n *yaml.Node, ptr, disp string, keyPos Pos) (any, bo
 		}
 		// The value sits where the alias is written; problems inside it point
 		// at the anchored text they come from.
+		if b.inAlias == 0 {
+			b.alias, b.aliasPath = n, disp
+		}
 		b.inAlias++
 		v, ok := b.build(n.Alias, ptr, disp, keyPos)
 		b.inAlias--
@@ -266,35 +284,91 @@ var yamlLineRe = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
 
 // parseYAML reads one YAML document. Syntax problems come back as Problems.
 func parseYAML(data []byte) (doc *yaml.Node, probs []Problem) {
-	defer func() {
-		// yaml.v3 is third-party code: a panic on hostile input becomes an error.
-		if r := recover(); r != nil {
-			doc = nil
-			probs = []Problem{{Pos: Pos{1, 1}, Message: fmt.Sprintf("YAML parser failed: %v", r)}}
-		}
-	}()
-	dec := yaml.NewDecoder(strings.NewReader(string(data)))
-	var root yaml.Node
-	if err := dec.Decode(&root); err != nil {
+	root, extra, err := decodeYAML(data)
+	if err != nil {
 		if errors.Is(err, io.EOF) {
 			return nil, []Problem{{Pos: Pos{1, 1}, Message: "the file is empty; a spec needs at least version, name and rollouts"}}
 		}
-		return nil, []Problem{yamlProblem(err)}
+		return nil, []Problem{yamlProblem(data, err)}
 	}
-	var extra yaml.Node
-	if err := dec.Decode(&extra); err == nil {
-		return nil, []Problem{{Pos: posOf(&extra), Message: "more than one YAML document ('---'); a spec is a single document"}}
-	} else if !errors.Is(err, io.EOF) {
-		return nil, []Problem{yamlProblem(err)}
+	if extra != nil {
+		return nil, []Problem{{Pos: posOf(extra), Message: "more than one YAML document ('---'); a spec is a single document"}}
 	}
-	return &root, nil
+	return root, nil
 }
 
-func yamlProblem(err error) Problem {
+// decodeYAML decodes the first document of data and, if there is one, the
+// start of a second.
+func decodeYAML(data []byte) (root, extra *yaml.Node, err error) {
+	defer func() {
+		// yaml.v3 is third-party code: a panic on hostile input becomes an error.
+		if r := recover(); r != nil {
+			root, extra, err = nil, nil, fmt.Errorf("yaml: YAML parser failed: %v", r)
+		}
+	}()
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var doc yaml.Node
+	if err := dec.Decode(&doc); err != nil {
+		return nil, nil, err
+	}
+	var next yaml.Node
+	if err := dec.Decode(&next); err == nil {
+		return &doc, &next, nil
+	} else if !errors.Is(err, io.EOF) {
+		return nil, nil, err
+	}
+	return &doc, nil, nil
+}
+
+// syntaxMessage is a syntax error's message without yaml.v3's "line N:"
+// (which names the line where the enclosing construct starts, counted from
+// zero, not where the problem is).
+func syntaxMessage(err error) string {
 	msg := err.Error()
 	if m := yamlLineRe.FindStringSubmatch(msg); m != nil {
-		line, _ := strconv.Atoi(m[1])
-		return Problem{Pos: Pos{line, 1}, Message: "YAML syntax error: " + m[2]}
+		return m[2]
 	}
-	return Problem{Pos: Pos{1, 1}, Message: "YAML syntax error: " + strings.TrimPrefix(msg, "yaml: ")}
+	return strings.TrimPrefix(msg, "yaml: ")
+}
+
+// yamlProblem locates a syntax error. The parser stops at the first
+// problem, so the shortest prefix of the document that fails with the same
+// message ends where the problem is: found by bisection, first over lines,
+// then within the line. Only failed parses pay for it.
+func yamlProblem(data []byte, err error) Problem {
+	msg := syntaxMessage(err)
+	same := func(prefix []byte) bool {
+		_, _, perr := decodeYAML(prefix)
+		return perr != nil && !errors.Is(perr, io.EOF) && syntaxMessage(perr) == msg
+	}
+	lines := bytes.SplitAfter(data, []byte("\n"))
+	ends := make([]int, len(lines)) // byte offset after each line
+	off := 0
+	for i, l := range lines {
+		off += len(l)
+		ends[i] = off
+	}
+	// The first line count whose prefix fails the same way.
+	n := sort.Search(len(lines), func(i int) bool { return same(data[:ends[i]]) })
+	if n == len(lines) {
+		// Not reproducible on a prefix: fall back on yaml.v3's line.
+		line := 1
+		if m := yamlLineRe.FindStringSubmatch(err.Error()); m != nil {
+			line, _ = strconv.Atoi(m[1])
+			line = max(line, 1)
+		}
+		return Problem{Pos: Pos{line, 1}, Message: "YAML syntax error: " + msg}
+	}
+	start := 0
+	if n > 0 {
+		start = ends[n-1]
+	}
+	text := lines[n]
+	// The first byte of the line that makes the prefix fail.
+	c := sort.Search(len(text), func(j int) bool { return same(data[:start+j+1]) })
+	col := utf8.RuneCount(text[:min(c, len(text))]) + 1
+	if c >= len(text) {
+		col = utf8.RuneCount(bytes.TrimRight(text, "\r\n")) + 1
+	}
+	return Problem{Pos: Pos{n + 1, col}, Message: "YAML syntax error: " + msg}
 }

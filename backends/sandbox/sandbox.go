@@ -7,6 +7,8 @@ package sandbox
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -155,7 +157,7 @@ func (e *Executor) Start(ctx context.Context, req backends.StartRequest) (*clien
 		labels[k] = v
 	}
 	creq := CreateRequest{
-		Name:     "rlmrun-" + req.RunID + "-" + sanitize(req.RolloutID),
+		Name:     SandboxName(req.RunID, req.RolloutID),
 		Settings: req.Sandbox,
 		Labels:   labels,
 		Root:     req.Root,
@@ -222,6 +224,14 @@ func (e *Executor) Start(ctx context.Context, req backends.StartRequest) (*clien
 
 // AgentPathInside is where providers put the rlmrun binary in a sandbox.
 const AgentPathInside = "/.rlmrun/rlmrun"
+
+// SandboxName names a rollout's sandbox: readable (the rollout id with
+// characters outside [A-Za-z0-9._-] replaced) and unique (a hash of the
+// exact id: "a#1" and "a_1" read alike, but are different rollouts).
+func SandboxName(runID, rolloutID string) string {
+	sum := sha256.Sum256([]byte(rolloutID))
+	return "rlmrun-" + runID + "-" + sanitize(rolloutID) + "-" + hex.EncodeToString(sum[:4])
+}
 
 func sanitize(s string) string {
 	return strings.Map(func(r rune) rune {

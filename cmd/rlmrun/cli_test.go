@@ -125,3 +125,11 @@ func TestRunDryRunPrintsThePlan(t *testing.T) {
 		t.Fatalf("dry run: %d\n%s%s", code, out, errOut)
 	}
 }
+
+// A spec that never ends (or is merely huge) is refused at its size limit.
+func TestValidateEndlessInput(t *testing.T) {
+	code, out, errOut := runCLI(t, "validate", "/dev/zero")
+	if code != exitUsage || !strings.Contains(errOut, "/dev/zero:1:1: the spec is larger than 32 MiB") {
+		t.Fatalf("exit %d\n%s%s", code, out, errOut)
+	}
+}
