@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/rlmrun/rlmrun/schema"
@@ -162,17 +163,50 @@ func TestPackUnpackRoundTrip(t *testing.T) {
 	if err := os.Symlink("a.txt", filepath.Join(src, "link")); err != nil {
 		t.Fatal(err)
 	}
+	if err := syscall.Mkfifo(filepath.Join(src, "fifo"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	var buf bytes.Buffer
 	st, err := Pack(context.Background(), src, &buf)
-	if err != nil || st.Files != 2 || len(st.Skipped) != 1 || st.Skipped[0] != "link" {
+	if err != nil || st.Files != 2 || st.Symlinks != 1 || strings.Join(st.Skipped, ",") != "fifo (a named pipe)" {
 		t.Fatalf("Pack = %+v, %v", st, err)
 	}
 	dst := t.TempDir()
 	if _, err := Unpack(context.Background(), &buf, dst, Limits{}); err != nil {
 		t.Fatal(err)
 	}
-	if got := tree(t, dst); got != "a.txt:A d/ d/e/ d/e/b.txt:B" {
+	if got := tree(t, dst); got != "a.txt:A d/ d/e/ d/e/b.txt:B link:A" {
 		t.Fatalf("round trip = %s", got)
+	}
+	if target, err := os.Readlink(filepath.Join(dst, "link")); err != nil || target != "a.txt" {
+		t.Fatalf("link: %q %v", target, err)
+	}
+}
+
+// A file that cannot be read is left out, the archive stays whole, and the
+// error names it.
+func TestPackReportsUnreadable(t *testing.T) {
+	if os.Geteuid() == 0 {
+		t.Skip("root reads everything")
+	}
+	src := t.TempDir()
+	write(t, filepath.Join(src, "a.txt"), "A")
+	write(t, filepath.Join(src, "secret.txt"), "S")
+	if err := os.Chmod(filepath.Join(src, "secret.txt"), 0); err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	_, err := Pack(context.Background(), src, &buf)
+	var ue *UnreadableError
+	if !errors.As(err, &ue) || !strings.Contains(err.Error(), "secret.txt: permission denied") {
+		t.Fatalf("err = %v", err)
+	}
+	dst := t.TempDir()
+	if _, err := Unpack(context.Background(), &buf, dst, Limits{}); err != nil {
+		t.Fatalf("the archive is not whole: %v", err)
+	}
+	if got := tree(t, dst); got != "a.txt:A" {
+		t.Fatalf("got %s", got)
 	}
 }
 
@@ -213,12 +247,20 @@ func TestUnpackIsSafe(t *testing.T) {
 		{"dot-dot", []tar.Header{{Name: "../evil", Typeflag: tar.TypeReg, Size: 1}}, Limits{}, ErrUnsafePath, nil},
 		{"nested dot-dot", []tar.Header{{Name: "a/../../evil", Typeflag: tar.TypeReg, Size: 1}}, Limits{}, ErrUnsafePath, nil},
 		{"absolute", []tar.Header{{Name: "/etc/evil", Typeflag: tar.TypeReg, Size: 1}}, Limits{}, ErrUnsafePath, nil},
-		{"symlink then write through it", []tar.Header{
+		{"absolute symlink then write through it", []tar.Header{
 			{Name: "link", Typeflag: tar.TypeSymlink, Linkname: "/etc"},
 			{Name: "link/passwd", Typeflag: tar.TypeReg, Size: 1},
-		}, Limits{}, nil, []string{"link"}},
-		{"device", []tar.Header{{Name: "dev", Typeflag: tar.TypeChar, Devmajor: 1, Devminor: 3}}, Limits{}, nil, []string{"dev"}},
-		{"hard link", []tar.Header{{Name: "hl", Typeflag: tar.TypeLink, Linkname: "/etc/shadow"}}, Limits{}, nil, []string{"hl"}},
+		}, Limits{}, nil, []string{"link -> /etc (an absolute symlink)"}},
+		{"symlink out", []tar.Header{{Name: "d/out", Typeflag: tar.TypeSymlink, Linkname: "../../x"}}, Limits{}, nil, []string{"d/out -> ../../x (a symlink that leads out of the working directory)"}},
+		{"write through an inside symlink", []tar.Header{
+			{Name: "s", Typeflag: tar.TypeSymlink, Linkname: "."},
+			{Name: "a", Typeflag: tar.TypeSymlink, Linkname: "s/.."},
+			{Name: "a/evil", Typeflag: tar.TypeReg, Size: 1},
+			{Name: "s/x", Typeflag: tar.TypeReg, Size: 1},
+		}, Limits{}, nil, []string{"a/evil (under a, a symlink)", "s/x (under s, a symlink)"}},
+		{"device", []tar.Header{{Name: "dev", Typeflag: tar.TypeChar, Devmajor: 1, Devminor: 3}}, Limits{}, nil, []string{"dev (a device)"}},
+		{"fifo", []tar.Header{{Name: "p", Typeflag: tar.TypeFifo}}, Limits{}, nil, []string{"p (a named pipe)"}},
+		{"hard link", []tar.Header{{Name: "hl", Typeflag: tar.TypeLink, Linkname: "/etc/shadow"}}, Limits{}, nil, []string{"hl (a hard link)"}},
 		{"byte limit", []tar.Header{{Name: "a", Typeflag: tar.TypeReg, Size: 10}, {Name: "b", Typeflag: tar.TypeReg, Size: 10}}, Limits{MaxBytes: 15}, ErrTooLarge, nil},
 		{"file limit", []tar.Header{{Name: "a", Typeflag: tar.TypeReg}, {Name: "b", Typeflag: tar.TypeReg}, {Name: "c", Typeflag: tar.TypeReg}}, Limits{MaxFiles: 2}, ErrTooLarge, nil},
 	}
@@ -236,13 +278,17 @@ func TestUnpackIsSafe(t *testing.T) {
 			if strings.Join(st.Skipped, ",") != strings.Join(tc.skipped, ",") {
 				t.Errorf("skipped = %v, want %v", st.Skipped, tc.skipped)
 			}
-			// Nothing may appear outside dst, and no symlink inside it.
+			// Nothing may appear outside dst, and every symlink inside it
+			// stays inside.
 			if entries, _ := os.ReadDir(parent); len(entries) != 1 {
 				t.Errorf("extraction wrote outside its directory: %v", entries)
 			}
 			_ = filepath.Walk(dst, func(p string, info os.FileInfo, err error) error {
 				if err == nil && info.Mode()&os.ModeSymlink != 0 {
-					t.Errorf("symlink %s was created", p)
+					target, _ := os.Readlink(p)
+					if filepath.IsAbs(target) || strings.HasPrefix(filepath.Join(filepath.Dir(p), target), parent+"/") && !strings.HasPrefix(filepath.Join(filepath.Dir(p), target), dst) {
+						t.Errorf("symlink %s -> %s leads out", p, target)
+					}
 				}
 				return nil
 			})

@@ -1,15 +1,17 @@
 package runner
 
 import (
-	"context"
-	"time"
-
 	"bytes"
-	"github.com/rlmrun/rlmrun/internal/testbin"
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
+	"strings"
 	"testing"
+	"time"
+
+	"github.com/rlmrun/rlmrun/internal/testbin"
 
 	"github.com/rlmrun/rlmrun/backends/local"
 	"github.com/rlmrun/rlmrun/backends/sandbox"
@@ -144,8 +146,11 @@ rollouts:
 	if r.Status != StatusError || r.Reward != nil || r.Answer != "done" {
 		t.Fatalf("result: status %s reward %v answer %q error %q", r.Status, r.Reward, r.Answer, r.Error)
 	}
-	if want := "sync the working directory back"; !bytes.Contains([]byte(r.Error), []byte(want)) {
+	if want := "sync the working directory back: could not read 1 entry of the working directory: unreadable.txt: permission denied"; !strings.Contains(r.Error, want) {
 		t.Fatalf("error %q lacks %q", r.Error, want)
+	}
+	if r.Volatile.Seconds > 10 {
+		t.Errorf("a failed sync-back took %.1fs to end (the polite shutdown waits 15 s)", r.Volatile.Seconds)
 	}
 }
 
@@ -220,5 +225,119 @@ rollouts:
 				t.Errorf("3 rollouts ran in %d sandboxes: %v", len(ids), ids)
 			}
 		})
+	}
+}
+
+// TestSyncBackKeepsLinksAndReportsSkipped: symlinks that stay inside come
+// back as symlinks; what cannot (links out, FIFOs, sockets) is reported, the
+// same on every backend, never dropped silently.
+func TestSyncBackKeepsLinksAndReportsSkipped(t *testing.T) {
+	body := `version: 1
+name: special-files
+retention: {filesystem: true}
+rewards:
+  - {name: link, files: {exists: [link, sub/up], content: {path: link, equals: "kept"}}}
+rollouts:
+  - id: r
+    turns:
+      - code: |
+          echo kept > target.txt
+          ln -s target.txt link
+          mkdir sub && ln -s ../target.txt sub/up
+          ln -s /etc/passwd abs
+          ln -s ../../../../etc out
+          mkfifo pipe
+          /usr/bin/python3 -c 'import socket; socket.socket(socket.AF_UNIX).bind("sock")'
+          export RLM_READY=1
+`
+	want := []string{"abs -> /etc/passwd (an absolute symlink)", "out -> ../../../../etc (a symlink that leads out of the working directory)", "pipe (a named pipe)", "sock (a socket)"}
+	var got [][]byte
+	for _, be := range []string{"local", "bwrap"} {
+		t.Run(be, func(t *testing.T) {
+			spec := loadSpec(t, body, nil)
+			var mod func(*Options)
+			if be == "bwrap" {
+				ex, _, _ := newBwrap(t)
+				spec.Backend.Type = "sandbox"
+				mod = func(o *Options) { o.Backend = ex }
+			}
+			r := runSpec(t, spec, func(o *Options) {
+				if mod != nil {
+					mod(o)
+				}
+			}).Results[0]
+			if r.Status != StatusCompleted || r.Reward == nil || *r.Reward != 1 {
+				t.Fatalf("status %s reward %v %+v %s", r.Status, r.Reward, r.Rewards, r.Error)
+			}
+			skipped := append([]string(nil), r.Skipped...)
+			sort.Strings(skipped)
+			if strings.Join(skipped, "\n") != strings.Join(want, "\n") {
+				t.Errorf("skipped:\n%s\nwant:\n%s", strings.Join(skipped, "\n"), strings.Join(want, "\n"))
+			}
+			if target, err := os.Readlink(filepath.Join(r.Volatile.RetainedDir, "link")); err != nil || target != "target.txt" {
+				t.Errorf("retained link: %q %v", target, err)
+			}
+			got = append(got, deterministic(t, r))
+		})
+	}
+	if len(got) == 2 && !bytes.Equal(got[0], got[1]) {
+		t.Errorf("local and bwrap differ:\n%s\n%s", got[0], got[1])
+	}
+}
+
+// TestFailedSyncBackFailsFastAndKeepsNothing: a download over its limit is
+// an error that names the limit, ends promptly (no polite shutdown of an
+// agent that cannot answer), and no partial tree is kept as the result.
+func TestFailedSyncBackFailsFastAndKeepsNothing(t *testing.T) {
+	// Local: in a sandbox the tmpfs of disk_size_gb refuses the writes first.
+	spec := loadSpec(t, `version: 1
+name: too-big
+backend: {sandbox: {disk_size_gb: 0.01}}
+retention: {filesystem: true}
+rollouts:
+  - id: r
+    turns:
+      - code: "for i in $(seq 1 20); do head -c 1000000 /dev/zero > f$i; done; export RLM_READY=1"
+`, nil)
+	r := runSpec(t, spec).Results[0]
+	if r.Status != StatusError || !strings.Contains(r.Error, "more than 10737418 bytes (the limits: disk_size_gb 0.01, 1000000 files and directories)") {
+		t.Fatalf("status %s error %q", r.Status, r.Error)
+	}
+	if r.Volatile.RetainedDir != "" {
+		t.Errorf("a failed sync-back was retained as the result: %s", r.Volatile.RetainedDir)
+	}
+	t.Logf("rollout took %.1fs", r.Volatile.Seconds)
+	if r.Volatile.Seconds > 10 {
+		t.Errorf("a failed sync-back took %.1fs to end (the polite shutdown waits 15 s)", r.Volatile.Seconds)
+	}
+}
+
+// TestSyncBackOfManyFiles: 300,000 files come back whole (the old fixed
+// 30 s deadline failed them).
+func TestSyncBackOfManyFiles(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a 300,000-file sync-back")
+	}
+	ex, _, _ := newBwrap(t)
+	spec := loadSpec(t, `version: 1
+name: many-files
+backend: {type: sandbox}
+repl: {language: python}
+rewards:
+  - {name: all, files: {glob: "d/*", count: 300000}}
+rollouts:
+  - id: r
+    turns:
+      - code: |
+          import os
+          os.mkdir("d")
+          for i in range(300000):
+              open(f"d/{i}", "w").close()
+          answer["ready"] = True
+`, nil)
+	r := runSpec(t, spec, func(o *Options) { o.Backend = ex }).Results[0]
+	t.Logf("rollout %.1fs, download %.1fs", r.Volatile.Seconds, r.Volatile.DownloadMS/1000)
+	if r.Status != StatusCompleted || r.Reward == nil || *r.Reward != 1 {
+		t.Fatalf("status %s reward %v error %q", r.Status, r.Reward, r.Error)
 	}
 }

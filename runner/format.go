@@ -137,6 +137,9 @@ func crashMessage(rep *protocol.ExecReply) string {
 		how = "killed by signal: " + rep.Signal
 	}
 	msg := fmt.Sprintf("The REPL process exited while running this cell (%s).", how)
+	if rep.Reason != "" {
+		msg = "The REPL was ended while running this cell: " + rep.Reason + "."
+	}
 	switch {
 	case rep.Restarted:
 		return msg + " The worker was restarted and the REPL state was reset."

@@ -14,6 +14,9 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/rlmrun/rlmrun/internal/atomicfile"
+	"github.com/rlmrun/rlmrun/internal/safetext"
 )
 
 // Deterministic is a result's reproducible part: everything but Volatile,
@@ -71,7 +74,7 @@ func WriteGolden(path string, results []*Result) error {
 	if err != nil {
 		return err
 	}
-	if err := os.WriteFile(path, lines, 0o644); err != nil {
+	if err := atomicfile.Write(path, func(w io.Writer) error { _, err := w.Write(lines); return err }); err != nil {
 		return fmt.Errorf("write golden file: %w", err)
 	}
 	return nil
@@ -85,12 +88,15 @@ type Diff struct {
 	Got      string
 }
 
+// String renders the difference for a terminal (escaped: the values are
+// what rollouts wrote).
 func (d Diff) String() string {
+	e := safetext.Line
 	switch {
 	case d.Field == "":
-		return fmt.Sprintf("%s: %s", d.Rollout, d.Got)
+		return fmt.Sprintf("%s: %s", e(d.Rollout), e(d.Got))
 	default:
-		return fmt.Sprintf("%s: %s:\n    expected %s\n    got      %s", d.Rollout, d.Field, d.Expected, d.Got)
+		return fmt.Sprintf("%s: %s:\n    expected %s\n    got      %s", e(d.Rollout), e(d.Field), e(d.Expected), e(d.Got))
 	}
 }
 

@@ -168,3 +168,67 @@ rollouts:
 		})
 	}
 }
+
+// BenchmarkTunnelAttackMemory is one bubblewrap sandbox (memory_gb 0.5)
+// holding 64 tool requests that declare 15 MB bodies and send 14 MB of
+// each, while another rollout calls its tools: it reports the runner's
+// peak RSS (target: under 300 MB) and checks the other rollout finished.
+func BenchmarkTunnelAttackMemory(b *testing.B) {
+	ex, _, _ := newBwrap(b)
+	spec := loadSpec(b, `version: 1
+name: tunnel-attack
+backend: {type: sandbox, sandbox: {memory_gb: 0.5}}
+repl: {code_execution_timeout: 60s}
+root_tools:
+  - name: ping
+    run: [/bin/echo, pong]
+rollouts:
+  - id: attacker
+    turns:
+      - code: |
+          /usr/bin/python3 - <<'EOF'
+          import os, socket, threading, time, urllib.parse
+          u = urllib.parse.urlsplit(os.environ["RLM_ROOT_TOOL_URL"])
+          chunk = b"x" * (1 << 20)
+          def hold():
+              try:
+                  s = socket.create_connection((u.hostname, u.port))
+                  s.sendall(("POST %s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Length: 15000000\r\n\r\n" % (u.path, os.environ["RLM_SECRET"])).encode())
+                  for _ in range(14):
+                      s.sendall(chunk)
+                  time.sleep(20)
+              except OSError:
+                  pass
+          ts = [threading.Thread(target=hold) for _ in range(64)]
+          [t.start() for t in ts]
+          [t.join() for t in ts]
+          EOF
+  - id: victim
+    turns:
+      - code: "sleep 5; for i in $(seq 1 20); do ping >/dev/null; done"
+      - code: "test $(ping) = pong && export RLM_CONTENT=done RLM_READY=1"
+`, nil)
+	for i := 0; i < b.N; i++ {
+		rep := runSpec(b, spec, func(o *Options) { o.Backend = ex; o.Concurrency = 2 })
+		if v := find(b, rep, "victim"); v.Status != StatusCompleted || v.Answer != "done" {
+			b.Fatalf("the other rollout: %s %q %s", v.Status, v.Answer, v.Error)
+		}
+	}
+	b.ReportMetric(float64(peakRSS(b))/(1<<20), "peak-rss-MB")
+}
+
+// peakRSS is this process's peak resident set (VmHWM).
+func peakRSS(tb testing.TB) int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+			var kb int64
+			fmt.Sscanf(strings.TrimSpace(v), "%d", &kb)
+			return kb << 10
+		}
+	}
+	return 0
+}

@@ -11,7 +11,12 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/hashicorp/go-multierror"
+
 	"github.com/rlmrun/rlmrun/backends"
+	"github.com/rlmrun/rlmrun/backends/protocol"
+	"github.com/rlmrun/rlmrun/internal/atomicfile"
+	"github.com/rlmrun/rlmrun/internal/safetext"
 )
 
 // Rollout statuses.
@@ -33,6 +38,9 @@ type Result struct {
 	Status      string         `json:"status"`
 	Answer      string         `json:"answer"`
 	AnswerReady bool           `json:"answer_ready"`
+	// AnswerTruncated says the answer was cut at 1 MiB
+	// (protocol.MaxAnswerBytes).
+	AnswerTruncated bool `json:"answer_truncated,omitempty"`
 	Reward      *float64       `json:"reward,omitempty"`
 	Rewards     []RewardScore  `json:"rewards,omitempty"`
 	Expect      []Expectation  `json:"expect,omitempty"`
@@ -40,6 +48,9 @@ type Result struct {
 	Turns       []Turn         `json:"turns"`
 	Metrics     map[string]any `json:"metrics"`
 	Error       string         `json:"error,omitempty"`
+	// Skipped lists what the sync-back left out of the final working
+	// directory, and why: special files, symlinks that lead out.
+	Skipped []string `json:"skipped,omitempty"`
 	Volatile    Volatile       `json:"volatile"`
 }
 
@@ -93,24 +104,25 @@ type Volatile struct {
 }
 
 // resultsWriter appends records as rollouts finish, so an interrupted run
-// keeps what finished.
+// keeps what finished: to results.jsonl as they come, and to the --output
+// copy, which replaces its file whole when the run ends.
 type resultsWriter struct {
-	mu    sync.Mutex
-	files []*os.File
+	mu   sync.Mutex
+	live *os.File
+	copy *atomicfile.File
 }
 
-func newResultsWriter(paths ...string) (*resultsWriter, error) {
+func newResultsWriter(path, copyPath string) (*resultsWriter, error) {
 	w := &resultsWriter{}
-	for _, p := range paths {
-		if p == "" {
-			continue
-		}
-		f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-		if err != nil {
-			w.Close()
+	var err error
+	if w.live, err = os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644); err != nil {
+		return nil, fmt.Errorf("open results file: %w", err)
+	}
+	if copyPath != "" {
+		if w.copy, err = atomicfile.Create(copyPath); err != nil {
+			w.live.Close()
 			return nil, fmt.Errorf("open results file: %w", err)
 		}
-		w.files = append(w.files, f)
 	}
 	return w, nil
 }
@@ -123,9 +135,12 @@ func (w *resultsWriter) Write(r *Result) error {
 	b = append(b, '\n')
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	for _, f := range w.files {
-		if _, err := f.Write(b); err != nil {
-			return fmt.Errorf("write %s: %w", f.Name(), err)
+	if _, err := w.live.Write(b); err != nil {
+		return fmt.Errorf("write results: %w", err)
+	}
+	if w.copy != nil {
+		if _, err := w.copy.Write(b); err != nil {
+			return fmt.Errorf("write %s: %w", w.copy.Name(), err)
 		}
 	}
 	return nil
@@ -134,14 +149,16 @@ func (w *resultsWriter) Write(r *Result) error {
 func (w *resultsWriter) Close() error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	var first error
-	for _, f := range w.files {
-		if err := f.Close(); err != nil && first == nil {
-			first = err
-		}
+	var errs *multierror.Error
+	if w.live != nil {
+		errs = multierror.Append(errs, w.live.Close())
+		w.live = nil
 	}
-	w.files = nil
-	return first
+	if w.copy != nil {
+		errs = multierror.Append(errs, w.copy.Commit())
+		w.copy = nil
+	}
+	return errs.ErrorOrNil()
 }
 
 // WriteSummary prints the summary table of a run, its count line, its
@@ -158,7 +175,7 @@ func WriteSummary(w io.Writer, rep *Report) {
 		if !r.Passed && r.Status != StatusError {
 			status += " (unexpected)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%.2fs\t%s\t\n", r.ID, status, reward, len(r.Turns), r.Volatile.Seconds, oneLine(r.Answer, 40))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%.2fs\t%s\t\n", safetext.Line(r.ID), status, reward, len(r.Turns), r.Volatile.Seconds, safetext.Line(oneLine(r.Answer, 40)))
 	}
 	tw.Flush()
 	fmt.Fprintln(w, SummaryLine(rep))
@@ -198,15 +215,26 @@ func SummaryLine(rep *Report) string {
 }
 
 // WriteProblems lists errors and unmet expectations, expected versus got.
+// What rollouts wrote is escaped: one problem is one line, and a terminal
+// never acts on it.
 func WriteProblems(w io.Writer, rep *Report) {
+	line := func(id, format string, args ...any) {
+		fmt.Fprintf(w, "  %s: %s\n", safetext.Line(id), safetext.Line(fmt.Sprintf(format, args...)))
+	}
 	for _, r := range rep.Results {
 		if r.Error != "" {
-			fmt.Fprintf(w, "  %s: %s\n", r.ID, r.Error)
+			line(r.ID, "%s", r.Error)
 		}
 		for _, e := range r.Expect {
 			if !e.Met {
-				fmt.Fprintf(w, "  %s: expected %s %s, got %s\n", r.ID, e.Field, e.Expected, e.Got)
+				line(r.ID, "expected %s %s, got %s", e.Field, e.Expected, e.Got)
 			}
+		}
+		if r.AnswerTruncated {
+			line(r.ID, "the answer was cut at its limit of %d bytes", protocol.MaxAnswerBytes)
+		}
+		if n := len(r.Skipped); n > 0 {
+			line(r.ID, "the sync-back left out %d entr%s: %s", n, map[bool]string{true: "y", false: "ies"}[n == 1], strings.Join(r.Skipped, ", "))
 		}
 	}
 }

@@ -377,40 +377,21 @@ func (ro *rollout) turn(ctx context.Context, code string) (stop bool) {
 
 // finish reads the answer, syncs the working directory back, ends the agent,
 // scores the rollout and keeps or drops its files. It runs whatever happened
-// before, with its own deadline: an interrupted rollout still cleans up.
+// before, with its own deadlines: an interrupted rollout still cleans up.
 func (ro *rollout) finish() {
-	ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
-	defer cancel()
-	spec := ro.r.spec
 	synced := true
 	if ro.sess != nil {
-		if ro.alive {
-			if ans, err := ro.sess.Answer(ctx); err == nil {
-				ro.answer = ans
-			} else {
-				ro.warn("read the final answer: %v", err)
-			}
-		}
-		t0 := time.Now()
-		if _, err := ro.sess.Get(ctx, ro.staging.Dir(), rlmfs.Limits{MaxBytes: syncBackMaxBytes(spec), MaxFiles: 1_000_000}); err != nil {
-			// Scoring stale files would be wrong: this is an error, not a warning.
-			ro.fail("sync the working directory back: %v", err)
-			synced = false
-		}
-		ro.res.Volatile.DownloadMS = msSince(t0)
-		if err := ro.sess.Close(ctx); err != nil {
-			ro.warn("end the agent: %v", err)
-		}
-		ro.sess = nil
+		synced = ro.endAgent()
 	}
 	ro.res.Answer = ro.answer.Content
 	ro.res.AnswerReady = ro.answer.Ready
+	ro.res.AnswerTruncated = ro.answer.Truncated
 	ro.metrics()
 	if ro.staging != nil && synced {
 		ro.score(ro.staging.Dir())
 	}
 	ro.checkExpectations()
-	ro.retain()
+	ro.retain(synced)
 	ro.res.Passed = ro.res.Status != StatusError
 	if e := ro.inst.Rollout.Expect; e != nil && e.Status != nil {
 		ro.res.Passed = true // the expected status is checked with the rest
@@ -420,6 +401,92 @@ func (ro *rollout) finish() {
 			ro.res.Passed = false
 		}
 	}
+}
+
+// Sync-back's limits. The time allowed grows with what the spec lets a
+// rollout leave behind: disk_size_gb, and syncMaxFiles entries of at least
+// syncPerFile bytes, at syncRate; a transfer that stops moving for
+// syncStall fails sooner.
+const (
+	syncMaxFiles = 1_000_000
+	syncPerFile  = 1 << 10
+	syncRate     = 8 << 20 // bytes per second
+	syncBase     = time.Minute
+	syncStall    = time.Minute
+	answerWait   = 30 * time.Second
+)
+
+// syncPolicy is a rollout's sync-back limits, and how to explain them.
+type syncPolicy struct {
+	limits  rlmfs.Limits
+	total   time.Duration
+	diskGB  float64
+	maxFile int
+}
+
+func newSyncPolicy(spec *schema.Spec) syncPolicy {
+	p := syncPolicy{limits: rlmfs.Limits{MaxBytes: syncBackMaxBytes(spec), MaxFiles: syncMaxFiles}, diskGB: spec.Backend.Sandbox.DiskSizeGB, maxFile: syncMaxFiles}
+	bytes := p.limits.MaxBytes + int64(p.limits.MaxFiles)*syncPerFile
+	p.total = syncBase + time.Duration(float64(bytes)/syncRate*float64(time.Second)).Round(time.Second)
+	return p
+}
+
+// explain says which limit a failed sync-back hit.
+func (p syncPolicy) explain(err error) string {
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		return fmt.Sprintf("it did not finish within %s, the time allowed for disk_size_gb %g and %d files", p.total, p.diskGB, p.maxFile)
+	case errors.Is(err, client.ErrStalled):
+		return fmt.Sprintf("it stalled: %v", err)
+	case errors.Is(err, rlmfs.ErrTooLarge):
+		return fmt.Sprintf("%v (the limits: disk_size_gb %g, %d files and directories)", err, p.diskGB, p.maxFile)
+	}
+	return err.Error()
+}
+
+// endAgent reads the final answer, downloads the working directory into
+// the staging directory, and ends the agent. A failed download is an error
+// (scoring stale files would be wrong), and ends the agent at once.
+func (ro *rollout) endAgent() (synced bool) {
+	if ro.alive {
+		ctx, cancel := context.WithTimeout(context.Background(), answerWait)
+		if ans, err := ro.sess.Answer(ctx); err == nil {
+			ro.answer = ans
+		} else {
+			ro.warn("read the final answer: %v", err)
+		}
+		cancel()
+	}
+	policy := newSyncPolicy(ro.r.spec)
+	t0 := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), policy.total)
+	st, err := ro.sess.Get(ctx, ro.staging.Dir(), client.GetOptions{Limits: policy.limits, Stall: syncStall})
+	cancel()
+	ro.res.Volatile.DownloadMS = msSince(t0)
+	ro.res.Skipped = boundList(st.Skipped, 100)
+	synced = err == nil
+	if !synced {
+		ro.fail("sync the working directory back: %s", policy.explain(err))
+	}
+	ctx, cancel = context.WithTimeout(context.Background(), cleanupTimeout)
+	defer cancel()
+	end := ro.sess.Close
+	if !synced {
+		end = ro.sess.Abort
+	}
+	if err := end(ctx); err != nil {
+		ro.warn("end the agent: %v", err)
+	}
+	ro.sess = nil
+	return synced
+}
+
+// boundList keeps the first n entries and says how many more there were.
+func boundList(list []string, n int) []string {
+	if len(list) <= n {
+		return list
+	}
+	return append(append([]string(nil), list[:n]...), fmt.Sprintf("... and %d more", len(list)-n))
 }
 
 // syncBackMaxBytes bounds what a rollout may bring back: its disk allowance.
@@ -447,13 +514,17 @@ func (ro *rollout) metrics() {
 }
 
 // retain keeps the final working directory under the results directory, or
-// removes it.
-func (ro *rollout) retain() {
+// removes it. A directory whose sync-back failed is not the rollout's final
+// one: it is not kept as if it were.
+func (ro *rollout) retain(synced bool) {
 	if ro.staging == nil {
 		return
 	}
 	dir := ro.staging.Dir()
-	if !ro.r.spec.Retention.Filesystem {
+	if ro.r.spec.Retention.Filesystem && !synced {
+		ro.warn("the working directory is not retained: its sync-back failed")
+	}
+	if !ro.r.spec.Retention.Filesystem || !synced {
 		if err := os.RemoveAll(dir); err != nil {
 			ro.warn("remove staging directory: %v", err)
 		}
@@ -501,6 +572,9 @@ func (ro *rollout) normalize() {
 	}
 	ro.res.Answer = repl(ro.res.Answer)
 	ro.res.Error = repl(ro.res.Error)
+	for i := range ro.res.Skipped {
+		ro.res.Skipped[i] = repl(ro.res.Skipped[i])
+	}
 }
 
 func msSince(t time.Time) float64 { return float64(time.Since(t).Microseconds()) / 1000 }

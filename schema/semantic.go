@@ -3,6 +3,7 @@ package schema
 import (
 	"encoding/json"
 	"fmt"
+	iofs "io/fs"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -248,7 +249,40 @@ func (c *semanticChecker) checkFilesystem() {
 			c.at("filesystem.context_dir", "%q is a symlink; context_dir must be a real directory", f.ContextDir)
 		case !st.IsDir():
 			c.at("filesystem.context_dir", "%q is not a directory", f.ContextDir)
+		default:
+			c.checkContextTree(full, f.ContextDir, f.CopyMaxBytes)
 		}
+	}
+}
+
+// checkContextTree finds what staging would refuse in context_dir: a symlink
+// or a special file anywhere in it, or more bytes than copy_max_bytes.
+func (c *semanticChecker) checkContextTree(full, name string, maxBytes int64) {
+	var total int64
+	err := filepath.WalkDir(full, func(p string, d iofs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(full, p)
+		switch t := d.Type(); {
+		case t&os.ModeSymlink != 0:
+			return fmt.Errorf("contains a symlink (%s), which is not allowed", rel)
+		case t.IsRegular():
+			info, err := d.Info()
+			if err != nil {
+				return err
+			}
+			total += info.Size()
+		case !d.IsDir():
+			return fmt.Errorf("contains %s, which is neither a file nor a directory", rel)
+		}
+		return nil
+	})
+	switch {
+	case err != nil:
+		c.at("filesystem.context_dir", "%q %v", name, err)
+	case maxBytes > 0 && total > maxBytes:
+		c.at("filesystem.context_dir", "%q holds %d bytes, more than filesystem.copy_max_bytes (%d)", name, total, maxBytes)
 	}
 }
 

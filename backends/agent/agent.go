@@ -381,11 +381,17 @@ func (a *Agent) doGet(ctx context.Context, w io.Writer) {
 	// complete: a file the agent could not read must fail the download, not
 	// leave it silently short. Buffered: see client.call.
 	bw := bufio.NewWriterSize(w, 256<<10)
-	trailer := protocol.Reply{OK: true}
-	if _, err := rlmfs.Pack(ctx, a.workdir, bw); err != nil {
+	st, err := rlmfs.Pack(ctx, a.workdir, bw)
+	trailer := protocol.Reply{OK: true, Stats: &protocol.Stats{Files: st.Files, Dirs: st.Dirs, Bytes: st.Bytes, Skipped: st.Skipped}}
+	var unreadable *rlmfs.UnreadableError
+	switch {
+	case errors.As(err, &unreadable):
+		// The archive is whole, without what could not be read.
+		trailer.OK, trailer.Error = false, err.Error()
+	case err != nil:
 		a.logger.Printf("get: %v", err)
 		_, _ = bw.Write(make([]byte, 1024)) // end of archive
-		trailer = protocol.Reply{Error: err.Error()}
+		trailer.OK, trailer.Error = false, err.Error()
 	}
 	_ = protocol.WriteJSON(bw, trailer)
 	if err := bw.Flush(); err != nil {

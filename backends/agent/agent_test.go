@@ -63,7 +63,7 @@ func TestAgentInProcess(t *testing.T) {
 		t.Fatalf("exec after cancel = %+v, %v", rep, err)
 	}
 	back := t.TempDir()
-	if _, err := sess.Get(ctx, back, rlmfs.Limits{MaxBytes: 1 << 20, MaxFiles: 10}); err != nil {
+	if _, err := sess.Get(ctx, back, client.GetOptions{Limits: rlmfs.Limits{MaxBytes: 1 << 20, MaxFiles: 10}}); err != nil {
 		t.Fatal(err)
 	}
 	if b, _ := os.ReadFile(filepath.Join(back, "out.txt")); string(b) != " hi\n" {

@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -33,6 +35,17 @@ type Session struct {
 	ctlMu  sync.Mutex // one control request at a time
 	ctl    *control
 	nextID uint64
+
+	endMu  sync.Mutex
+	ending string // why the agent's end was decided here, for messages
+}
+
+// Ending records why whatever runs the agent is about to end it (a
+// sandbox's lifetime): errors of the lost session then say so.
+func (s *Session) Ending(why string) {
+	s.endMu.Lock()
+	s.ending = why
+	s.endMu.Unlock()
 }
 
 // Options configure a session.
@@ -197,6 +210,12 @@ func (s *Session) failed(ctx context.Context, op string, err error) error {
 }
 
 func (s *Session) gone(err error) error {
+	s.endMu.Lock()
+	why := s.ending
+	s.endMu.Unlock()
+	if why != "" {
+		return fmt.Errorf("%w: %s", ErrAgentGone, why)
+	}
 	if s.sess.IsClosed() || errors.Is(err, yamux.ErrSessionShutdown) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 		if d := s.diag(); d != "" {
 			return fmt.Errorf("%w: %v; the agent said: %s", ErrAgentGone, err, d)
@@ -275,28 +294,105 @@ func (s *Session) Answer(ctx context.Context) (protocol.Answer, error) {
 	return *rep.Answer, nil
 }
 
-// Get downloads the agent's working directory into dir (which it replaces),
-// with the safe extractor and its limits.
-func (s *Session) Get(ctx context.Context, dir string, lim rlmfs.Limits) (rlmfs.Stats, error) {
+// ErrStalled is returned by Get when the download stops moving.
+var ErrStalled = errors.New("no data arrived")
+
+// GetOptions bound a download.
+type GetOptions struct {
+	Limits rlmfs.Limits
+	// Stall fails the download when no data arrives for this long (0:
+	// never); ctx bounds the whole of it.
+	Stall time.Duration
+}
+
+// Get downloads the agent's working directory and makes it dir, with the
+// safe extractor and its limits. The download goes to a new directory next
+// to dir, which replaces dir only when the archive is complete and its
+// trailer says so: a failed download never leaves a partial tree as dir.
+// The stats list what was skipped, on either end.
+func (s *Session) Get(ctx context.Context, dir string, opts GetOptions) (rlmfs.Stats, error) {
 	var st rlmfs.Stats
-	_, err := s.call(ctx, protocol.Request{Op: protocol.OpGet}, nil, func(r *bufio.Reader) error {
-		if err := rlmfs.ReplaceDir(dir); err != nil {
-			return err
+	tmp, err := os.MkdirTemp(filepath.Dir(dir), filepath.Base(dir)+".sync-")
+	if err != nil {
+		return st, err
+	}
+	defer os.RemoveAll(tmp)
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var packErr error // what the agent reports about its end of the archive
+	_, err = s.call(ctx, protocol.Request{Op: protocol.OpGet}, nil, func(r *bufio.Reader) error {
+		body := io.Reader(r)
+		if opts.Stall > 0 {
+			w := newWatchdog(opts.Stall, func() { cancel(fmt.Errorf("%w for %s", ErrStalled, opts.Stall)) })
+			defer w.stop()
+			body = w.reader(r)
 		}
 		var err error
-		if st, err = rlmfs.Unpack(ctx, r, dir, lim); err != nil {
+		if st, err = rlmfs.Unpack(ctx, body, tmp, opts.Limits); err != nil {
 			return err
 		}
 		var trailer protocol.Reply
 		if err := protocol.ReadJSON(r, &trailer); err != nil {
 			return fmt.Errorf("archive ended without its trailer: %w", err)
 		}
+		if trailer.Stats != nil {
+			st.Skipped = append(trailer.Stats.Skipped, st.Skipped...)
+		}
 		if !trailer.OK {
-			return fmt.Errorf("the agent could not pack the working directory: %s", trailer.Error)
+			packErr = errors.New(trailer.Error)
 		}
 		return nil
 	})
-	return st, err
+	if cause := context.Cause(ctx); err != nil && cause != nil && !errors.Is(cause, context.Canceled) {
+		return st, cause
+	}
+	if err != nil {
+		return st, err
+	}
+	if packErr != nil {
+		return st, packErr
+	}
+	return st, swapDir(tmp, dir)
+}
+
+// swapDir makes the complete download fresh take the place of dir.
+func swapDir(fresh, dir string) error {
+	old := fresh + ".old"
+	if err := os.Rename(dir, old); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if err := os.Rename(fresh, dir); err != nil {
+		_ = os.Rename(old, dir)
+		return err
+	}
+	return os.RemoveAll(old)
+}
+
+// watchdog calls fire when its reader sees no data for d.
+type watchdog struct {
+	d     time.Duration
+	timer *time.Timer
+}
+
+func newWatchdog(d time.Duration, fire func()) *watchdog {
+	return &watchdog{d: d, timer: time.AfterFunc(d, fire)}
+}
+
+func (w *watchdog) reader(r io.Reader) io.Reader { return watchedReader{r: r, w: w} }
+
+func (w *watchdog) stop() { w.timer.Stop() }
+
+type watchedReader struct {
+	r io.Reader
+	w *watchdog
+}
+
+func (wr watchedReader) Read(p []byte) (int, error) {
+	n, err := wr.r.Read(p)
+	if n > 0 {
+		wr.w.timer.Reset(wr.w.d)
+	}
+	return n, err
 }
 
 // Shutdown asks the agent to stop its worker, remove its files and exit.
@@ -308,8 +404,19 @@ func (s *Session) Shutdown(ctx context.Context) error {
 // Close shuts the agent down (politely first, within ctx) and ends whatever
 // runs it. It is safe to call more than once.
 func (s *Session) Close(ctx context.Context) error {
+	return s.end(ctx, true)
+}
+
+// Abort ends the agent and whatever runs it at once, without asking: for an
+// agent that cannot be trusted to answer (a failed download leaves it
+// blocked on a stream nobody reads).
+func (s *Session) Abort(ctx context.Context) error {
+	return s.end(ctx, false)
+}
+
+func (s *Session) end(ctx context.Context, polite bool) error {
 	s.closeOnce.Do(func() {
-		if !s.sess.IsClosed() {
+		if polite && !s.sess.IsClosed() {
 			sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			_ = s.Shutdown(sctx)
 			cancel()

@@ -65,7 +65,7 @@ func TestSessionLifecycle(t *testing.T) {
 		t.Fatalf("exec: %+v %v", rep, err)
 	}
 	down := t.TempDir()
-	st, err := sess.Get(ctx, down, rlmfsLimits())
+	st, err := sess.Get(ctx, down, client.GetOptions{Limits: rlmfsLimits()})
 	if err != nil || st.Files != 1 {
 		t.Fatalf("get: %+v %v", st, err)
 	}

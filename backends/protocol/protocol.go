@@ -154,6 +154,8 @@ type ExecReply struct {
 	ExitCode int `json:"exit_code"`
 	// Signal names the signal that killed a crashed worker.
 	Signal string `json:"signal,omitempty"`
+	// Reason says why a worker that had not exited was ended as crashed.
+	Reason string `json:"reason,omitempty"`
 	// Error is Python's traceback (StatusError).
 	Error string `json:"error,omitempty"`
 	// Result is the repr of Python's trailing expression, when not None.
@@ -171,7 +173,12 @@ type ExecReply struct {
 type Answer struct {
 	Ready   bool   `json:"ready"`
 	Content string `json:"content"`
+	// Truncated says Content was cut at MaxAnswerBytes.
+	Truncated bool `json:"truncated,omitempty"`
 }
+
+// MaxAnswerBytes bounds an answer: what is longer is cut (and marked).
+const MaxAnswerBytes = 1 << 20
 
 // MaxHeader bounds a header line; code cells travel in it.
 const MaxHeader = 64 << 20

@@ -193,11 +193,19 @@ func (e *Executor) Start(ctx context.Context, req backends.StartRequest) (*clien
 		return nil, facts, fmt.Errorf("start the agent in sandbox %s: %w", sb.ID(), err)
 	}
 	var life *time.Timer
+	var sess *client.Session
+	ready := make(chan struct{})
 	if d := req.Sandbox.Lifetime.Duration; d > 0 {
 		// The sandbox does not outlive its lifetime, whatever the rollout does.
-		life = time.AfterFunc(d, func() { _ = sb.Delete(context.Background()) })
+		life = time.AfterFunc(d, func() {
+			<-ready
+			if sess != nil {
+				sess.Ending(fmt.Sprintf("the sandbox reached its lifetime (%s) and was deleted", d))
+			}
+			_ = sb.Delete(context.Background())
+		})
 	}
-	sess, err := client.New(client.Options{
+	sess, err = client.New(client.Options{
 		Conn: proc,
 		Close: func(ctx context.Context) error {
 			if life != nil {
@@ -208,6 +216,7 @@ func (e *Executor) Start(ctx context.Context, req backends.StartRequest) (*clien
 		},
 		Diagnostics: proc.Diagnostics,
 	})
+	close(ready)
 	if err != nil {
 		_ = proc.Close()
 		_ = sb.Delete(context.Background())

@@ -22,6 +22,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/rlmrun/rlmrun/backends/procs"
 	"github.com/rlmrun/rlmrun/backends/protocol"
@@ -77,7 +78,10 @@ type Worker struct {
 	cellFile *os.File       // bash: the file cells are written to
 	extraEnv []string       // added to the spawn environment
 	status   chan statusMsg
-	exited   chan struct{}
+	// statusEnd is closed when the side channel ends: the worker died, or
+	// a cell closed the worker's own end of it.
+	statusEnd chan struct{}
+	exited    chan struct{}
 	waitErr  error
 	killed   sync.Once
 	closers  []io.Closer
@@ -120,7 +124,7 @@ func Spawn(sc SpawnConfig) (*Worker, error) {
 	if _, err := rand.Read(nonce); err != nil {
 		return nil, err
 	}
-	w := &Worker{spawn: sc, marker: []byte("\x1erlm-end-" + hex.EncodeToString(nonce) + "\x1e"), status: make(chan statusMsg, 4), exited: make(chan struct{})}
+	w := &Worker{spawn: sc, marker: []byte("\x1erlm-end-" + hex.EncodeToString(nonce) + "\x1e"), status: make(chan statusMsg, 4), statusEnd: make(chan struct{}), exited: make(chan struct{})}
 	if err := os.MkdirAll(sc.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("worker state dir: %w", err)
 	}
@@ -302,20 +306,59 @@ func bashEndOfCell() string {
 }
 
 func (w *Worker) readBashStatus(r io.Reader) {
+	defer close(w.statusEnd)
 	br := bufio.NewReader(r)
 	for {
+		// seq, status, RLM_READY, RLM_CONTENT: each NUL-terminated. The
+		// content is the model's and may be anything: only its first
+		// protocol.MaxAnswerBytes are kept.
 		var f [4]string
+		var cut bool
 		for i := range f {
-			s, err := br.ReadString(0)
+			limit := 64
+			if i == 3 {
+				limit = protocol.MaxAnswerBytes
+			}
+			s, over, err := readField(br, limit)
 			if err != nil {
 				return
 			}
-			f[i] = strings.TrimSuffix(s, "\x00")
+			f[i], cut = s, cut || (i == 3 && over)
 		}
 		seq, _ := strconv.Atoi(f[0])
 		code, _ := strconv.Atoi(f[1])
-		ans := protocol.Answer{Ready: bashTruthy(f[2]), Content: f[3]}
+		ans := protocol.Answer{Ready: bashTruthy(f[2]), Content: wholeRunes(f[3], cut), Truncated: cut}
 		w.status <- statusMsg{Seq: seq, Status: protocol.StatusOK, ExitCode: code, Answer: &ans, Ready: seq == 0}
+	}
+}
+
+// readField reads up to a NUL, keeping at most limit bytes of it (over
+// reports the rest was dropped).
+func readField(br *bufio.Reader, limit int) (string, bool, error) {
+	var b []byte
+	over := false
+	for {
+		chunk, err := br.ReadSlice(0)
+		if room := limit - len(b); room > 0 {
+			keep := chunk
+			if err == nil {
+				keep = chunk[:len(chunk)-1]
+			}
+			if len(keep) > room {
+				keep, over = keep[:room], true
+			}
+			b = append(b, keep...)
+		} else if len(chunk) > 1 || (err != nil && len(chunk) > 0) {
+			over = true
+		}
+		switch {
+		case err == nil:
+			return string(b), over, nil
+		case errors.Is(err, bufio.ErrBufferFull):
+			continue
+		default:
+			return "", false, err
+		}
 	}
 }
 
@@ -380,10 +423,11 @@ func (w *Worker) configurePython(cfg Config) error {
 // ready, then per request a header line of numbers followed by the error,
 // result and answer-content fields, whose lengths the header gives.
 func (w *Worker) readPythonStatus(r io.Reader) {
+	defer close(w.statusEnd)
 	br := bufio.NewReaderSize(r, 64<<10)
 	for {
 		line, err := br.ReadString('\n')
-		if err != nil {
+		if err != nil || len(line) > 256 {
 			return
 		}
 		f := strings.Fields(line)
@@ -394,22 +438,37 @@ func (w *Worker) readPythonStatus(r io.Reader) {
 		if len(f) != 8 {
 			return // not the worker speaking: treat as a dead channel
 		}
-		n := make([]int, 8)
+		n := make([]int64, 8)
 		for i, x := range f {
 			if i == 1 {
 				continue
 			}
-			n[i], _ = strconv.Atoi(x)
+			if n[i], err = strconv.ParseInt(x, 10, 64); err != nil || (i > 0 && n[i] < 0) {
+				return // the sequence number (field 0) may be -1; nothing else
+			}
 		}
+		// A cell can write to this channel too: sizes are read, not
+		// trusted. Each field keeps at most its limit; the rest is dropped.
 		fields := make([]string, 3)
-		for i, size := range []int{n[4], n[5], n[7]} {
-			buf := make([]byte, size)
+		cut := make([]bool, 3)
+		for i, size := range []int64{n[4], n[5], n[7]} {
+			limit := int64(maxStatusField)
+			if i == 2 {
+				limit = protocol.MaxAnswerBytes
+			}
+			buf := make([]byte, min(size, limit))
 			if _, err := io.ReadFull(br, buf); err != nil {
 				return
 			}
+			if size > limit {
+				if _, err := io.CopyN(io.Discard, br, size-limit); err != nil {
+					return
+				}
+				cut[i] = true
+			}
 			fields[i] = string(buf)
 		}
-		m := statusMsg{Seq: n[0], Status: f[1], ExecutionCount: n[2], Answer: &protocol.Answer{Ready: n[3] == 1, Content: fields[2]}}
+		m := statusMsg{Seq: int(n[0]), Status: f[1], ExecutionCount: int(n[2]), Answer: &protocol.Answer{Ready: n[3] == 1, Content: wholeRunes(fields[2], cut[2]), Truncated: cut[2]}}
 		if n[4] > 0 {
 			m.Error = &fields[0]
 		}
@@ -419,6 +478,25 @@ func (w *Worker) readPythonStatus(r io.Reader) {
 		w.status <- m
 	}
 }
+
+// wholeRunes drops the incomplete character a cut may have left at the end.
+func wholeRunes(s string, cut bool) string {
+	if !cut {
+		return s
+	}
+	for i := 0; i < utf8.UTFMax && len(s) > 0; i++ {
+		r, size := utf8.DecodeLastRuneInString(s)
+		if r != utf8.RuneError || size > 1 {
+			break
+		}
+		s = s[:len(s)-1]
+	}
+	return s
+}
+
+// maxStatusField bounds a traceback or a result's repr as the agent keeps
+// it (the runner shows at most max_output_length characters of them).
+const maxStatusField = 4 << 20
 
 // waitReady waits for the worker's first status record and end markers.
 func (w *Worker) waitReady(ctx context.Context) error {
@@ -446,6 +524,10 @@ func quoteTail(b []byte) string {
 	return ": " + s
 }
 
+// errBroken is a worker whose private channels a cell closed: it cannot
+// report its cells any more.
+var errBroken = errors.New("the cell closed the REPL's own output or status channel")
+
 // collect waits for one status record and both output segments. A nil timer
 // waits without a deadline.
 func (w *Worker) collect(ctx context.Context, timer <-chan time.Time) (statusMsg, segment, segment, error) {
@@ -455,6 +537,24 @@ func (w *Worker) collect(ctx context.Context, timer <-chan time.Time) (statusMsg
 		haveSt         bool
 		haveOut, haveE bool
 	)
+	// The ends of the channels: a worker that lives on without them is
+	// broken, and would otherwise hold the cell until its timeout.
+	outEnd, errEnd, statusEnd := w.stdout.done, w.stderr.done, w.statusEnd
+	broken := func() (statusMsg, segment, segment, error) {
+		select {
+		case <-w.exited:
+			return st, out, errs, w.crashed(haveOut, haveE, &out, &errs)
+		case <-time.After(50 * time.Millisecond):
+		}
+		w.Kill()
+		if !haveOut {
+			out = w.stdout.partial()
+		}
+		if !haveE {
+			errs = w.stderr.partial()
+		}
+		return st, out, errs, errBroken
+	}
 	for !(haveSt && haveOut && haveE) {
 		select {
 		case st = <-w.status:
@@ -463,18 +563,38 @@ func (w *Worker) collect(ctx context.Context, timer <-chan time.Time) (statusMsg
 			haveOut = true
 		case errs = <-w.stderr.segs:
 			haveE = true
-		case <-w.exited:
-			// Background jobs of the dead shell could hold the pipes open.
-			w.signalGroup()
-			// Give the pipes a moment to deliver what the process wrote.
-			w.settle()
+		case <-outEnd:
+			outEnd = nil
 			if !haveOut {
-				out = w.stdout.partial()
+				select {
+				case out = <-w.stdout.segs:
+					haveOut = true
+				default:
+					return broken()
+				}
 			}
+		case <-errEnd:
+			errEnd = nil
 			if !haveE {
-				errs = w.stderr.partial()
+				select {
+				case errs = <-w.stderr.segs:
+					haveE = true
+				default:
+					return broken()
+				}
 			}
-			return st, out, errs, ErrExited
+		case <-statusEnd:
+			statusEnd = nil
+			if !haveSt {
+				select {
+				case st = <-w.status:
+					haveSt = true
+				default:
+					return broken()
+				}
+			}
+		case <-w.exited:
+			return st, out, errs, w.crashed(haveOut, haveE, &out, &errs)
 		case <-timer:
 			return st, out, errs, context.DeadlineExceeded
 		case <-ctx.Done():
@@ -482,6 +602,21 @@ func (w *Worker) collect(ctx context.Context, timer <-chan time.Time) (statusMsg
 		}
 	}
 	return st, out, errs, nil
+}
+
+// crashed collects what a dead worker's pipes still hold.
+func (w *Worker) crashed(haveOut, haveE bool, out, errs *segment) error {
+	// Background jobs of the dead shell could hold the pipes open.
+	w.signalGroup()
+	// Give the pipes a moment to deliver what the process wrote.
+	w.settle()
+	if !haveOut {
+		*out = w.stdout.partial()
+	}
+	if !haveE {
+		*errs = w.stderr.partial()
+	}
+	return ErrExited
 }
 
 // settle waits briefly for the output readers to reach end of file.
@@ -549,6 +684,10 @@ func (w *Worker) Exec(ctx context.Context, o ExecOptions) (protocol.ExecReply, e
 	case errors.Is(err, ErrExited):
 		rep.Status = protocol.StatusCrashed
 		rep.ExitCode, rep.Signal = w.exitStatus()
+		return rep, nil
+	case errors.Is(err, errBroken):
+		rep.Status = protocol.StatusCrashed
+		rep.Reason = errBroken.Error()
 		return rep, nil
 	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
 		w.Kill()

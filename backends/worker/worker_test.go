@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/rlmrun/rlmrun/backends/protocol"
 )
@@ -230,6 +231,59 @@ func BenchmarkTrivialCell(b *testing.B) {
 				if _, err := w.Exec(context.Background(), ExecOptions{Seq: i + 1, Code: code, Timeout: 10 * time.Second, MaxOutputBytes: 1 << 16}); err != nil {
 					b.Fatal(err)
 				}
+			}
+		})
+	}
+}
+
+// A cell that closes the worker's own channels (its output, its status
+// pipe) breaks the worker: that is found at once, not at the cell timeout.
+func TestClosedPrivateDescriptorsEndTheWorker(t *testing.T) {
+	cases := []struct{ lang, code string }{
+		{"python", "import os\nos.close(1)\nos.close(2)"},
+		{"bash", "exec 91>&- 92>&- 93>&-"},
+		{"bash", "exec 93>&-"},
+	}
+	for _, c := range cases {
+		t.Run(c.lang+" "+c.code, func(t *testing.T) {
+			w, _ := startWorker(t, c.lang)
+			done := make(chan struct{})
+			var r protocol.ExecReply
+			var err error
+			go func() {
+				defer close(done)
+				r, err = w.Exec(context.Background(), ExecOptions{Seq: 1, Code: c.code, Timeout: time.Hour, MaxOutputBytes: 1 << 10})
+			}()
+			select {
+			case <-done:
+			case <-time.After(30 * time.Second):
+				w.Kill()
+				<-done
+				t.Fatal("the cell held the worker until it was killed")
+			}
+			if err != nil || r.Status != protocol.StatusCrashed || !strings.Contains(r.Reason, "closed the REPL's own") {
+				t.Fatalf("reply %+v, err %v", r, err)
+			}
+		})
+	}
+}
+
+// An answer over MaxAnswerBytes is cut (on a character boundary) and
+// marked, and costs the agent no more than the limit.
+func TestAnswerIsCapped(t *testing.T) {
+	for _, c := range []struct{ lang, code string }{
+		{"bash", `RLM_CONTENT=$(/usr/bin/python3 -c 'print("é" * 3000000, end="")'); export RLM_CONTENT RLM_READY=1`},
+		{"python", `answer["content"] = "é" * 3000000; answer["ready"] = True`},
+	} {
+		t.Run(c.lang, func(t *testing.T) {
+			w, _ := startWorker(t, c.lang)
+			r, err := w.Exec(context.Background(), ExecOptions{Seq: 1, Code: c.code, Timeout: time.Minute, MaxOutputBytes: 1 << 10})
+			if err != nil || r.Status != protocol.StatusOK {
+				t.Fatalf("%+v %v", r.Status, err)
+			}
+			a := r.Answer
+			if !a.Truncated || len(a.Content) > protocol.MaxAnswerBytes || len(a.Content) < protocol.MaxAnswerBytes-4 || !utf8.ValidString(a.Content) {
+				t.Fatalf("answer: truncated %v, %d bytes, valid %v", a.Truncated, len(a.Content), utf8.ValidString(a.Content))
 			}
 		})
 	}

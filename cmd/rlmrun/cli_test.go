@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -132,4 +133,47 @@ func TestValidateEndlessInput(t *testing.T) {
 	if code != exitUsage || !strings.Contains(errOut, "/dev/zero:1:1: the spec is larger than 32 MiB") {
 		t.Fatalf("exit %d\n%s%s", code, out, errOut)
 	}
+}
+
+// Flags without a usable value are usage errors, not silently accepted.
+func TestBadRunFlags(t *testing.T) {
+	spec := "../../examples/hello-bash.yaml"
+	for _, tc := range []struct {
+		args []string
+		msg  string
+	}{
+		{[]string{"-j", "0", spec}, "--concurrency (-j) must be at least 1, got 0"},
+		{[]string{"-j", "-1", spec}, "--concurrency (-j) must be at least 1, got -1"},
+		{[]string{spec, "--image"}, `--image needs an image name, got ""`},
+		{[]string{"--image", "", spec}, `--image needs an image name, got ""`},
+	} {
+		code, out, errOut := runCLI(t, append([]string{"run", "--dry-run"}, tc.args...)...)
+		if code != exitUsage || !strings.Contains(errOut, tc.msg) {
+			t.Errorf("%v: exit %d\n%s%s", tc.args, code, out, errOut)
+		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer a test may read while a command writes it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func (s *syncBuffer) Bytes() []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]byte(nil), s.b.Bytes()...)
 }

@@ -11,6 +11,8 @@ import (
 	"strings"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/rlmrun/rlmrun/internal/safetext"
 )
 
 // version is set at build time with -ldflags "-X main.version=v1.2.3".
@@ -58,11 +60,11 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 	var ee *exitError
 	if errors.As(err, &ee) {
 		if ee.err != nil {
-			fmt.Fprintln(stderr, "rlmrun: "+ee.err.Error())
+			fmt.Fprintln(stderr, "rlmrun: "+safetext.Lines(ee.err.Error()))
 		}
 		return ee.code
 	}
-	fmt.Fprintln(stderr, "rlmrun: "+err.Error())
+	fmt.Fprintln(stderr, "rlmrun: "+safetext.Lines(err.Error()))
 	return exitUsage
 }
 
@@ -157,14 +159,21 @@ func normalizeArgs(app *cli.App, args []string) []string {
 			positional = append(positional, a)
 			continue
 		}
-		flags = append(flags, a)
 		name := strings.TrimLeft(a, "-")
 		if strings.Contains(name, "=") {
+			flags = append(flags, a)
 			continue
 		}
-		if takesValue[name] && i+1 < len(rest) {
-			flags = append(flags, rest[i+1])
+		switch {
+		case takesValue[name] && i+1 < len(rest):
+			flags = append(flags, a, rest[i+1])
 			i++
+		case takesValue[name]:
+			// No value follows: an empty one, which the command refuses,
+			// rather than letting the flag take the "--" added below.
+			flags = append(flags, a+"=")
+		default:
+			flags = append(flags, a)
 		}
 	}
 	res := append([]string{out[0], out[1]}, flags...)

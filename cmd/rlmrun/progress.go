@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/term"
 
+	"github.com/rlmrun/rlmrun/internal/safetext"
 	"github.com/rlmrun/rlmrun/runner"
 )
 
@@ -102,7 +103,7 @@ func (p *progress) finished(r *runner.Result) {
 		if !r.Passed {
 			verdict = " FAILED"
 		}
-		fmt.Fprintf(p.w, "[%d/%d] %s: %s%s (%.2fs)%s\n", p.done, p.total, r.ID, r.Status, reward, r.Volatile.Seconds, verdict)
+		fmt.Fprintf(p.w, "[%d/%d] %s: %s%s (%.2fs)%s\n", p.done, p.total, safetext.Line(r.ID), r.Status, reward, r.Volatile.Seconds, verdict)
 	}
 }
 

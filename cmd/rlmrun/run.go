@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/signal"
 	"path"
+	"path/filepath"
+	"sort"
 	"strings"
 	"syscall"
 	"time"
@@ -16,6 +18,8 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/rlmrun/rlmrun/backends/sandbox"
+	"github.com/rlmrun/rlmrun/internal/atomicfile"
+	"github.com/rlmrun/rlmrun/internal/safetext"
 	"github.com/rlmrun/rlmrun/runner"
 	"github.com/rlmrun/rlmrun/schema"
 )
@@ -79,8 +83,15 @@ func applyOverrides(c *cli.Context, spec *schema.Spec) error {
 			spec.Backend.Type = "sandbox"
 		}
 	}
-	if img := c.String("image"); img != "" {
+	if c.IsSet("image") {
+		img := c.String("image")
+		if strings.TrimSpace(img) == "" || strings.HasPrefix(img, "-") {
+			return fmt.Errorf("--image needs an image name, got %q", img)
+		}
 		spec.Backend.Sandbox.Image = img
+	}
+	if c.IsSet("concurrency") && c.Int("concurrency") < 1 {
+		return fmt.Errorf("--concurrency (-j) must be at least 1, got %d", c.Int("concurrency"))
 	}
 	if c.Bool("update-golden") && c.String("golden") == "" {
 		return errors.New("--update-golden needs --golden FILE")
@@ -114,7 +125,7 @@ func runAction(c *cli.Context) error {
 	file := c.Args().First()
 	spec, err := schema.Load(file)
 	if err != nil {
-		fmt.Fprintln(c.App.ErrWriter, err.Error())
+		fmt.Fprintln(c.App.ErrWriter, safetext.Lines(err.Error()))
 		return withCode(exitUsage, fmt.Errorf("%s is invalid", file))
 	}
 	if err := applyOverrides(c, spec); err != nil {
@@ -127,6 +138,13 @@ func runAction(c *cli.Context) error {
 	if c.Bool("dry-run") {
 		printPlan(c, file, spec)
 		return nil
+	}
+	reports := map[string]string{"--output": c.String("output"), "--junit": c.String("junit")}
+	if c.Bool("update-golden") {
+		reports["--golden"] = c.String("golden")
+	}
+	if err := checkReports(spec, reports); err != nil {
+		return withCode(exitUsage, err)
 	}
 	total := 0
 	for _, in := range spec.ExpandedRollouts() {
@@ -229,7 +247,7 @@ func runAction(c *cli.Context) error {
 		problems = append(problems, err.Error())
 	}
 	if jf := c.String("junit"); jf != "" {
-		if werr := writeFile(jf, func(w io.Writer) error { return runner.WriteJUnit(w, spec.Name, rep, elapsed.Seconds()) }); werr != nil {
+		if werr := atomicfile.Write(jf, func(w io.Writer) error { return runner.WriteJUnit(w, spec.Name, rep, elapsed.Seconds()) }); werr != nil {
 			problems = append(problems, werr.Error())
 		}
 	}
@@ -277,16 +295,67 @@ func runAction(c *cli.Context) error {
 	return nil
 }
 
-func writeFile(p string, write func(io.Writer) error) error {
-	f, err := os.Create(p)
+// checkReports refuses report paths that would overwrite the spec or a
+// file it uses (or each other), and checks each can be written, before the
+// first rollout starts.
+func checkReports(spec *schema.Spec, reports map[string]string) error {
+	inputs := spec.Inputs()
+	flags := make([]string, 0, len(reports))
+	for flag := range reports {
+		flags = append(flags, flag)
+	}
+	sort.Strings(flags)
+	seen := map[string]string{}
+	for _, flag := range flags {
+		p := reports[flag]
+		if p == "" {
+			continue
+		}
+		abs, err := filepath.Abs(p)
+		if err != nil {
+			return fmt.Errorf("%s %s: %w", flag, p, err)
+		}
+		real := abs
+		if r, err := filepath.EvalSymlinks(abs); err == nil {
+			real = r
+		} else if dir, err := filepath.EvalSymlinks(filepath.Dir(abs)); err == nil {
+			real = filepath.Join(dir, filepath.Base(abs))
+		}
+		if other, ok := seen[real]; ok {
+			return fmt.Errorf("%s and %s name the same file %s", other, flag, p)
+		}
+		seen[real] = flag
+		for _, in := range inputs {
+			if sameFile(real, in) || insideDir(real, in) {
+				return fmt.Errorf("%s %s would overwrite %s, which the spec uses: write the report elsewhere", flag, p, in)
+			}
+		}
+		if err := atomicfile.CheckWritable(abs); err != nil {
+			return fmt.Errorf("%s %s cannot be written: %w", flag, p, err)
+		}
+	}
+	return nil
+}
+
+func sameFile(a, b string) bool {
+	fa, err := os.Stat(a)
 	if err != nil {
-		return err
+		return false
 	}
-	if err := write(f); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", p, err)
+	fb, err := os.Stat(b)
+	return err == nil && os.SameFile(fa, fb)
+}
+
+// insideDir reports whether path lies under dir (when dir is a directory).
+func insideDir(path, dir string) bool {
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		return false
 	}
-	return f.Close()
+	if real, err := filepath.EvalSymlinks(dir); err == nil {
+		dir = real
+	}
+	rel, err := filepath.Rel(dir, path)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
 }
 
 // jsonSummary is --json's output.

@@ -366,7 +366,7 @@ rollouts:
 			junit := filepath.Join(dir, "report.xml")
 			cmd := exec.Command(rlmrunBin, "run", "-j", "1", "--json", "--junit", junit, "--out-dir", out, spec)
 			cmd.Env = append(os.Environ(), "TMPDIR="+tmp)
-			var stdout, stderr bytes.Buffer
+			var stdout, stderr syncBuffer
 			cmd.Stdout, cmd.Stderr = &stdout, &stderr
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
@@ -421,5 +421,99 @@ rollouts:
 				t.Errorf("statuses %v, want %v", got, want)
 			}
 		})
+	}
+}
+
+// Report flags never overwrite the spec or a file it uses, are checked
+// before the first rollout (exit 2), and are written whole.
+func TestReportsNeverOverwriteInputs(t *testing.T) {
+	dir := t.TempDir()
+	for name, content := range map[string]string{
+		"ctx/a.txt":  "context",
+		"tools/t.sh": "#!/bin/sh\necho tool\n",
+	} {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(content), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	spec := filepath.Join(dir, "spec.yaml")
+	body := "version: 1\nname: reports\nfilesystem: {context_dir: ctx}\nroot_tools: [{name: t, run: [tools/t.sh]}]\nrollouts:\n  - id: r\n    turns: [{code: 'export RLM_CONTENT=1 RLM_READY=1'}]\n"
+	if err := os.WriteFile(spec, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "out")
+	cases := []struct {
+		name string
+		args []string
+		msg  string
+	}{
+		{"output is the spec", []string{"--output", spec}, "--output " + spec + " would overwrite " + spec},
+		{"junit in the context dir", []string{"--junit", filepath.Join(dir, "ctx", "report.xml")}, "which the spec uses"},
+		{"golden is a tool", []string{"--golden", filepath.Join(dir, "tools", "t.sh"), "--update-golden"}, "which the spec uses"},
+		{"two reports, one file", []string{"--output", filepath.Join(dir, "x"), "--junit", filepath.Join(dir, "x")}, "name the same file"},
+		{"unwritable folder", []string{"--junit", filepath.Join(dir, "missing", "r.xml")}, "cannot be written"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append([]string{"run", "--agent-binary", rlmrunBin, "--out-dir", out}, tc.args...)
+			code, stdout, stderr := runCLI(t, append(args, spec)...)
+			if code != exitUsage || !strings.Contains(stderr, tc.msg) {
+				t.Fatalf("exit %d, want 2 with %q:\n%s%s", code, tc.msg, stdout, stderr)
+			}
+			if entries, _ := os.ReadDir(out); len(entries) != 0 {
+				t.Errorf("a rollout ran before the report paths were checked: %v", entries)
+			}
+		})
+	}
+	if b, _ := os.ReadFile(spec); string(b) != body {
+		t.Fatal("the spec was overwritten")
+	}
+	// A good run writes its reports whole, leaving no temporary file.
+	reports := t.TempDir()
+	code, stdout, stderr := runCLI(t, "run", "--agent-binary", rlmrunBin, "--out-dir", out,
+		"--output", filepath.Join(reports, "r.jsonl"), "--junit", filepath.Join(reports, "r.xml"),
+		"--golden", filepath.Join(reports, "g.jsonl"), "--update-golden", spec)
+	if code != 0 {
+		t.Fatalf("exit %d\n%s%s", code, stdout, stderr)
+	}
+	entries, _ := os.ReadDir(reports)
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	if strings.Join(names, " ") != "g.jsonl r.jsonl r.xml" {
+		t.Errorf("report folder: %v", names)
+	}
+}
+
+// Model-controlled text (answers, errors, file names) reaches the terminal
+// escaped: no escape sequence of the model's is ever emitted.
+func TestTerminalOutputIsEscaped(t *testing.T) {
+	spec := writeSpec(t, `version: 1
+name: escapes
+backend: {sandbox: {disk_size_gb: 0.001}}
+rollouts:
+  - id: answer
+    turns: [{code: "export RLM_CONTENT=$'\\e]0;pwned\\a\\e[2J\\u009b31mred\\u202e' RLM_READY=1"}]
+    expect: {answer: "x"}
+  - id: names
+    turns: [{code: "ln -s /etc $'\\e[31mevil\\e[0m'; export RLM_READY=1"}]
+`)
+	code, stdout, stderr := runCLI(t, "run", "--agent-binary", rlmrunBin, "--out-dir", t.TempDir(), spec)
+	if code != exitFailed {
+		t.Fatalf("exit %d\n%s%s", code, stdout, stderr)
+	}
+	all := stdout + stderr
+	for _, bad := range []string{"\x1b", "\x07", "\u009b", "\u202e"} {
+		if strings.Contains(all, bad) {
+			t.Errorf("output holds %q:\n%q", bad, all)
+		}
+	}
+	if !strings.Contains(all, `\x1b]0;pwned\x07`) || !strings.Contains(all, `\x1b[31mevil\x1b[0m -> /etc (an absolute symlink)`) {
+		t.Errorf("escaped forms missing:\n%s", all)
 	}
 }

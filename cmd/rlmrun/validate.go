@@ -6,6 +6,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/rlmrun/rlmrun/internal/safetext"
 	"github.com/rlmrun/rlmrun/schema"
 )
 
@@ -36,7 +37,7 @@ EXAMPLES:
 				spec, err := loader.Load(file)
 				if err != nil {
 					bad++
-					fmt.Fprintln(c.App.ErrWriter, err.Error())
+					fmt.Fprintln(c.App.ErrWriter, safetext.Lines(err.Error()))
 					continue
 				}
 				fmt.Fprintf(c.App.Writer, "ok: %s (%d rollouts, backend %s, repl %s)\n",
