@@ -31,27 +31,27 @@ const (
 // Volatile repeats exactly between runs and backends for the same spec;
 // Volatile holds what depends on time or on the machine.
 type Result struct {
-	ID          string         `json:"id"`
-	Rollout     string         `json:"rollout"`
-	Repeat      int            `json:"repeat"`
-	Prompt      string         `json:"prompt,omitempty"`
-	Status      string         `json:"status"`
-	Answer      string         `json:"answer"`
-	AnswerReady bool           `json:"answer_ready"`
+	ID          string `json:"id"`
+	Rollout     string `json:"rollout"`
+	Repeat      int    `json:"repeat"`
+	Prompt      string `json:"prompt,omitempty"`
+	Status      string `json:"status"`
+	Answer      string `json:"answer"`
+	AnswerReady bool   `json:"answer_ready"`
 	// AnswerTruncated says the answer was cut at 1 MiB
 	// (protocol.MaxAnswerBytes).
-	AnswerTruncated bool `json:"answer_truncated,omitempty"`
-	Reward      *float64       `json:"reward,omitempty"`
-	Rewards     []RewardScore  `json:"rewards,omitempty"`
-	Expect      []Expectation  `json:"expect,omitempty"`
-	Passed      bool           `json:"passed"`
-	Turns       []Turn         `json:"turns"`
-	Metrics     map[string]any `json:"metrics"`
-	Error       string         `json:"error,omitempty"`
+	AnswerTruncated bool           `json:"answer_truncated,omitempty"`
+	Reward          *float64       `json:"reward,omitempty"`
+	Rewards         []RewardScore  `json:"rewards,omitempty"`
+	Expect          []Expectation  `json:"expect,omitempty"`
+	Passed          bool           `json:"passed"`
+	Turns           []Turn         `json:"turns"`
+	Metrics         map[string]any `json:"metrics"`
+	Error           string         `json:"error,omitempty"`
 	// Skipped lists what the sync-back left out of the final working
 	// directory, and why: special files, symlinks that lead out.
-	Skipped []string `json:"skipped,omitempty"`
-	Volatile    Volatile       `json:"volatile"`
+	Skipped  []string `json:"skipped,omitempty"`
+	Volatile Volatile `json:"volatile"`
 }
 
 // Turn is one REPL cell and what the model was shown.

@@ -82,9 +82,9 @@ type Worker struct {
 	// a cell closed the worker's own end of it.
 	statusEnd chan struct{}
 	exited    chan struct{}
-	waitErr  error
-	killed   sync.Once
-	closers  []io.Closer
+	waitErr   error
+	killed    sync.Once
+	closers   []io.Closer
 }
 
 // statusMsg is what the side channel says after a cell.
