@@ -1,29 +1,28 @@
 // Package backends holds what every way of reaching a REPL shares: the
-// request to start an agent for one rollout and the facts a backend reports
-// about where it ran. The local executor lives in backends/local, the sandbox
-// executor and its providers in backends/sandbox, the agent and its workers in
+// request to start an agent for one rollout, the facts a backend reports
+// about where it ran, and the leftovers of killed runs a backend can find.
+// The local executor lives in backends/local, the sandbox executor and its
+// providers in backends/sandbox, the agent and its workers in
 // backends/agent and backends/worker.
 package backends
 
 import (
+	"context"
 	"time"
-
-	"github.com/rlmrun/rlmrun/schema"
 )
 
 // StartRequest asks a backend for an agent serving one rollout.
 type StartRequest struct {
 	RunID     string
 	RolloutID string
-	// Root is the rollout's directory as the agent sees it; the agent creates
-	// Root/work (the REPL's working directory) and Root/agent.
+	// Root is the rollout's directory as the agent sees it (the backend's
+	// Root); the agent creates Root/work (the REPL's working directory) and
+	// Root/agent.
 	Root string
 	// Language and Python let the agent spawn its worker as soon as it runs.
 	Language string
 	Python   string
-	// Sandbox holds the spec's sandbox settings (resources, env, labels).
-	Sandbox schema.Sandbox
-	// StartupTimeout bounds creating the sandbox and starting the agent.
+	// StartupTimeout bounds creating a sandbox and starting the agent.
 	StartupTimeout time.Duration
 }
 
@@ -40,4 +39,21 @@ type Facts struct {
 	// Containment says how the rollout's processes were kept together on
 	// the local backend (a PID namespace, or only a process group).
 	Containment string `json:"containment,omitempty"`
+}
+
+// Leftover is something a killed run left behind (a sandbox, a process, a
+// file), found by a Sweeper; never a live run's.
+type Leftover struct {
+	// What names it for people: "bwrap sandbox rlmrun-... (run ...)".
+	What string
+	// Remove deletes it.
+	Remove func(ctx context.Context) error
+}
+
+// Sweeper is a backend (or a sandbox provider) that can find what killed
+// runs left behind: `rlmrun cleanup` and the start of every run ask it.
+type Sweeper interface {
+	// Leftovers lists the leftovers of run runID, or of every run when it
+	// is empty.
+	Leftovers(ctx context.Context, runID string) ([]Leftover, error)
 }

@@ -11,8 +11,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-
-	"github.com/rlmrun/rlmrun/schema"
 )
 
 func write(t *testing.T, path, content string) {
@@ -51,23 +49,23 @@ func TestStagingMutationsInOrder(t *testing.T) {
 	write(t, filepath.Join(spec, "ctx", "a.txt"), "A")
 	write(t, filepath.Join(spec, "ctx", "sub", "b.txt"), "B")
 	write(t, filepath.Join(spec, "data", "big.csv"), "1,2")
-	st, err := New(Options{Dir: filepath.Join(t.TempDir(), "stage"), MaxBytes: 1000})
+	st, err := New(Options{Dir: filepath.Join(t.TempDir(), "stage"), SourceDir: spec, MaxBytes: 1000})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := st.CopyContextDir(filepath.Join(spec, "ctx")); err != nil {
 		t.Fatal(err)
 	}
-	muts := []schema.Mutation{
-		{Write: &schema.WriteOp{Path: "notes/n.txt", Content: "note", Mode: "0600"}},
-		{Mkdir: &schema.MkdirOp{Path: "out"}},
-		{Copy: &schema.CopyOp{From: "data/big.csv", To: "big.csv"}},
-		{Copy: &schema.CopyOp{From: "data", To: "copied"}},
-		{Remove: &schema.RemoveOp{Path: "sub"}},
-		{Chmod: &schema.ChmodOp{Path: "big.csv", Mode: "0640"}},
+	muts := []Mutation{
+		{Op: Write, Path: "notes/n.txt", Content: "note", Mode: 0o600},
+		{Op: Mkdir, Path: "out"},
+		{Op: Copy, From: "data/big.csv", Path: "big.csv"},
+		{Op: Copy, From: "data", Path: "copied"},
+		{Op: Remove, Path: "sub"},
+		{Op: Chmod, Path: "big.csv", Mode: 0o640},
 	}
 	for _, m := range muts {
-		if err := st.Apply(m, spec); err != nil {
+		if err := st.Apply(m); err != nil {
 			t.Fatalf("%+v: %v", m, err)
 		}
 	}
@@ -85,7 +83,7 @@ func TestStagingMutationsInOrder(t *testing.T) {
 		t.Errorf("Measure = %+v %v", m, err)
 	}
 	st.Freeze()
-	if err := st.Apply(schema.Mutation{Mkdir: &schema.MkdirOp{Path: "late"}}, spec); !errors.Is(err, ErrFrozen) {
+	if err := st.Apply(Mutation{Op: Mkdir, Path: "late"}); !errors.Is(err, ErrFrozen) {
 		t.Errorf("mutation after freeze: %v", err)
 	}
 }
@@ -107,21 +105,21 @@ func TestStagingRefusals(t *testing.T) {
 		{"byte cap", func(st *Staging) error { return st.CopyContextDir(filepath.Join(spec, "ctx")) }, "more than copy_max_bytes (50 bytes)"},
 		{"symlink in context", func(st *Staging) error { return st.CopyContextDir(filepath.Join(spec, "withlink")) }, "contains a symlink (l)"},
 		{"escape", func(st *Staging) error {
-			return st.Apply(schema.Mutation{Write: &schema.WriteOp{Path: "../x", Content: "x"}}, spec)
+			return st.Apply(Mutation{Op: Write, Path: "../x", Content: "x"})
 		}, "leaves the working directory"},
 		{"remove missing", func(st *Staging) error {
-			return st.Apply(schema.Mutation{Remove: &schema.RemoveOp{Path: "nothing"}}, spec)
+			return st.Apply(Mutation{Op: Remove, Path: "nothing"})
 		}, "nothing there to remove"},
 		{"through a symlink", func(st *Staging) error {
 			if err := os.Symlink("/tmp", filepath.Join(st.Dir(), "out")); err != nil {
 				return err
 			}
-			return st.Apply(schema.Mutation{Write: &schema.WriteOp{Path: "out/x", Content: "x"}}, spec)
+			return st.Apply(Mutation{Op: Write, Path: "out/x", Content: "x"})
 		}, "goes through a symlink"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			st, err := New(Options{Dir: filepath.Join(t.TempDir(), "s"), MaxBytes: 50})
+			st, err := New(Options{Dir: filepath.Join(t.TempDir(), "s"), SourceDir: spec, MaxBytes: 50})
 			if err != nil {
 				t.Fatal(err)
 			}

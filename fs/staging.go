@@ -1,7 +1,8 @@
 // Package fs owns a rollout's staging filesystem: the copy of the context
-// directory with a byte cap, the context data file, the spec's declared
-// mutations, metadata, and moving a directory tree as a tar stream with a safe
-// extractor on the receiving end.
+// directory with a byte cap, the context data file, the declared mutations,
+// metadata, and moving a directory tree as a tar stream with a safe
+// extractor on the receiving end. It enforces the rules of paths inside a
+// working directory (InsideWorkdir) and of permission strings (ParseMode).
 package fs
 
 import (
@@ -12,9 +13,9 @@ import (
 	iofs "io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
-
-	"github.com/rlmrun/rlmrun/schema"
+	"syscall"
 )
 
 // ErrFrozen is returned by a mutation applied after the staging directory was
@@ -24,19 +25,47 @@ var ErrFrozen = errors.New("staging directory is frozen: the worker has already 
 // ErrTooLarge is returned when a copy or an extraction exceeds its byte or file limit.
 var ErrTooLarge = errors.New("size limit exceeded")
 
+// Op is what a mutation does.
+type Op int
+
+// The mutations.
+const (
+	Write  Op = iota + 1 // write Content to Path (parents created)
+	Mkdir                // create Path and its parents
+	Copy                 // copy the host file or directory From to Path
+	Remove               // remove Path (a file or a tree); it must exist
+	Chmod                // set Path's permission bits to Mode
+)
+
+// Mutation is one change to the staging directory, its strings final.
+type Mutation struct {
+	Op Op
+	// Path is inside the working directory (see InsideWorkdir).
+	Path    string
+	Content string
+	// From is Copy's host path: absolute, or relative to Options.SourceDir.
+	From string
+	// Mode is the permission bits: Chmod's, or Write's and Mkdir's (0 means
+	// 0644 and 0755).
+	Mode os.FileMode
+}
+
 // Staging is a rollout's working directory before (and, after sync-back,
 // after) the rollout.
 type Staging struct {
-	dir      string
-	maxBytes int64
-	used     int64
-	frozen   bool
+	dir       string
+	sourceDir string
+	maxBytes  int64
+	used      int64
+	frozen    bool
 }
 
 // Options configure a staging directory.
 type Options struct {
 	// Dir is created (with parents) and must not exist yet or be empty.
 	Dir string
+	// SourceDir anchors relative copy sources (the spec's folder).
+	SourceDir string
 	// MaxBytes caps what context_dir and copy mutations bring in; 0 means no cap.
 	MaxBytes int64
 }
@@ -46,7 +75,7 @@ func New(opts Options) (*Staging, error) {
 	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create staging directory: %w", err)
 	}
-	return &Staging{dir: opts.Dir, maxBytes: opts.MaxBytes}, nil
+	return &Staging{dir: opts.Dir, sourceDir: opts.SourceDir, maxBytes: opts.MaxBytes}, nil
 }
 
 // Dir is the staging directory's path.
@@ -58,12 +87,23 @@ func (s *Staging) Freeze() { s.frozen = true }
 // Frozen reports whether Freeze was called.
 func (s *Staging) Frozen() bool { return s.frozen }
 
-// CopyContextDir copies src into the staging directory. Symlinks anywhere in
-// src are refused, and the total size is capped by Options.MaxBytes.
-func (s *Staging) CopyContextDir(src string) error {
+// root runs f on the staging directory as an *os.Root: nothing it does can
+// land outside, whatever links the tree holds.
+func (s *Staging) root(f func(*os.Root) error) error {
 	if s.frozen {
 		return ErrFrozen
 	}
+	r, err := os.OpenRoot(s.dir)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	return f(r)
+}
+
+// CopyContextDir copies src into the staging directory. Symlinks anywhere in
+// src are refused, and the total size is capped by Options.MaxBytes.
+func (s *Staging) CopyContextDir(src string) error {
 	st, err := os.Lstat(src)
 	if err != nil {
 		return fmt.Errorf("context_dir: %w", err)
@@ -74,139 +114,141 @@ func (s *Staging) CopyContextDir(src string) error {
 	if !st.IsDir() {
 		return fmt.Errorf("context_dir %s is not a directory", src)
 	}
-	return s.copyTree(src, s.dir, "context_dir")
+	return s.root(func(r *os.Root) error { return s.copyTree(r, src, ".", "context_dir") })
 }
 
 // WriteContext writes data to context.txt (a string) or context.json.
 func (s *Staging) WriteContext(data any) error {
-	if s.frozen {
-		return ErrFrozen
-	}
+	name, content := "context.txt", []byte(nil)
 	if str, ok := data.(string); ok {
-		return os.WriteFile(filepath.Join(s.dir, "context.txt"), []byte(str), 0o644)
+		content = []byte(str)
+	} else {
+		b, err := json.Marshal(data)
+		if err != nil {
+			return fmt.Errorf("context data is not JSON: %w", err)
+		}
+		name, content = "context.json", b
 	}
-	b, err := json.Marshal(data)
-	if err != nil {
-		return fmt.Errorf("context data is not JSON: %w", err)
-	}
-	return os.WriteFile(filepath.Join(s.dir, "context.json"), b, 0o644)
+	return s.root(func(r *os.Root) error { return writeFile(r, name, content, 0o644) })
 }
 
-// Apply applies one mutation whose strings are already rendered. specDir
-// anchors relative copy sources.
-func (s *Staging) Apply(m schema.Mutation, specDir string) error {
-	if s.frozen {
-		return ErrFrozen
+// Apply applies one mutation.
+func (s *Staging) Apply(m Mutation) error {
+	if msg := InsideWorkdir(m.Path); msg != "" {
+		return errors.New(msg)
 	}
-	switch {
-	case m.Write != nil:
-		p, err := s.inside(m.Write.Path)
-		if err != nil {
-			return err
+	rel := filepath.Clean(m.Path)
+	return s.root(func(r *os.Root) error {
+		if through := symlinkOnPath(r, rel); through != "" {
+			return fmt.Errorf("path %q goes through a symlink (%s)", m.Path, through)
 		}
-		mode, err := modeOr(m.Write.Mode, 0o644)
-		if err != nil {
-			return err
+		switch m.Op {
+		case Write:
+			if err := r.MkdirAll(filepath.Dir(rel), 0o755); err != nil {
+				return fmt.Errorf("write %s: %w", m.Path, err)
+			}
+			return writeFile(r, rel, []byte(m.Content), modeOr(m.Mode, 0o644))
+		case Mkdir:
+			mode := modeOr(m.Mode, 0o755)
+			if err := r.MkdirAll(rel, mode); err != nil {
+				return fmt.Errorf("mkdir %s: %w", m.Path, err)
+			}
+			return r.Chmod(rel, mode)
+		case Copy:
+			return s.copy(r, m.From, rel)
+		case Remove:
+			if _, err := r.Lstat(rel); err != nil {
+				return fmt.Errorf("remove %s: nothing there to remove", m.Path)
+			}
+			return r.RemoveAll(rel)
+		case Chmod:
+			if err := r.Chmod(rel, m.Mode); err != nil {
+				return fmt.Errorf("chmod %s: %w", m.Path, err)
+			}
+			return nil
 		}
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			return fmt.Errorf("write %s: %w", m.Write.Path, err)
-		}
-		if err := os.WriteFile(p, []byte(m.Write.Content), mode); err != nil {
-			return fmt.Errorf("write %s: %w", m.Write.Path, err)
-		}
-		return os.Chmod(p, mode) // WriteFile keeps the mode of an existing file
-	case m.Mkdir != nil:
-		p, err := s.inside(m.Mkdir.Path)
-		if err != nil {
-			return err
-		}
-		mode, err := modeOr(m.Mkdir.Mode, 0o755)
-		if err != nil {
-			return err
-		}
-		if err := os.MkdirAll(p, mode); err != nil {
-			return fmt.Errorf("mkdir %s: %w", m.Mkdir.Path, err)
-		}
-		return os.Chmod(p, mode)
-	case m.Copy != nil:
-		dst, err := s.inside(m.Copy.To)
-		if err != nil {
-			return err
-		}
-		src := m.Copy.From
-		if !filepath.IsAbs(src) {
-			src = filepath.Join(specDir, src)
-		}
-		st, err := os.Lstat(src)
-		if err != nil {
-			return fmt.Errorf("copy %s: %w", m.Copy.From, err)
-		}
-		if st.Mode()&os.ModeSymlink != 0 {
-			return fmt.Errorf("copy %s: is a symlink, which is not allowed", m.Copy.From)
-		}
-		if st.IsDir() {
-			return s.copyTree(src, dst, "copy "+m.Copy.From)
-		}
-		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-			return fmt.Errorf("copy %s: %w", m.Copy.From, err)
-		}
-		return s.copyFile(src, dst, st, "copy "+m.Copy.From)
-	case m.Remove != nil:
-		p, err := s.inside(m.Remove.Path)
-		if err != nil {
-			return err
-		}
-		if _, err := os.Lstat(p); err != nil {
-			return fmt.Errorf("remove %s: nothing there to remove", m.Remove.Path)
-		}
-		return os.RemoveAll(p)
-	case m.Chmod != nil:
-		p, err := s.inside(m.Chmod.Path)
-		if err != nil {
-			return err
-		}
-		mode, err := schema.ParseMode(m.Chmod.Mode)
-		if err != nil {
-			return err
-		}
-		if err := os.Chmod(p, mode); err != nil {
-			return fmt.Errorf("chmod %s: %w", m.Chmod.Path, err)
-		}
-		return nil
-	}
-	return errors.New("empty mutation")
+		return fmt.Errorf("unknown mutation %d", m.Op)
+	})
 }
 
-func modeOr(s string, def os.FileMode) (os.FileMode, error) {
-	if s == "" {
-		return def, nil
+func modeOr(m, def os.FileMode) os.FileMode {
+	if m == 0 {
+		return def
 	}
-	return schema.ParseMode(s)
+	return m
 }
 
-// inside resolves a working-directory path, refusing escapes, including
-// through symlinks already in the tree.
-func (s *Staging) inside(rel string) (string, error) {
-	if msg := schema.InsideWorkdir(rel); msg != "" {
-		return "", errors.New(msg)
-	}
-	p := filepath.Join(s.dir, filepath.Clean(rel))
-	// Walk existing components: none may be a symlink.
-	cur := s.dir
-	for _, part := range strings.Split(filepath.Clean(rel), string(filepath.Separator)) {
+// symlinkOnPath returns the first existing component of rel that is a
+// symlink ("" if none): mutations never go through one.
+func symlinkOnPath(r *os.Root, rel string) string {
+	cur := ""
+	for _, part := range strings.Split(rel, string(filepath.Separator)) {
 		if part == "." || part == "" {
 			continue
 		}
 		cur = filepath.Join(cur, part)
-		st, err := os.Lstat(cur)
+		st, err := r.Lstat(cur)
 		if err != nil {
-			break
+			return ""
 		}
 		if st.Mode()&os.ModeSymlink != 0 {
-			return "", fmt.Errorf("path %q goes through a symlink", rel)
+			return cur
 		}
 	}
-	return p, nil
+	return ""
+}
+
+func (s *Staging) copy(r *os.Root, from, to string) error {
+	src := from
+	if !filepath.IsAbs(src) {
+		src = filepath.Join(s.sourceDir, src)
+	}
+	st, err := os.Lstat(src)
+	if err != nil {
+		return fmt.Errorf("copy %s: %w", from, err)
+	}
+	what := "copy " + from
+	switch {
+	case st.Mode()&os.ModeSymlink != 0:
+		return fmt.Errorf("%s: is a symlink, which is not allowed", what)
+	case st.IsDir():
+		return s.copyTree(r, src, to, what)
+	case !st.Mode().IsRegular():
+		return fmt.Errorf("%s: not a regular file", what)
+	}
+	if err := r.MkdirAll(filepath.Dir(to), 0o755); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	if err := s.charge(st.Size(), what); err != nil {
+		return err
+	}
+	return copyContents(r, src, to, st.Mode().Perm())
+}
+
+// InsideWorkdir returns a message when p is empty, absolute or escapes the
+// working directory with "..": the rule for every path a spec names inside
+// a rollout's working directory.
+func InsideWorkdir(p string) string {
+	if p == "" {
+		return "path is empty"
+	}
+	if filepath.IsAbs(p) {
+		return fmt.Sprintf("path %q is absolute; paths are relative to the working directory", p)
+	}
+	clean := filepath.Clean(p)
+	if clean == ".." || strings.HasPrefix(clean, "../") {
+		return fmt.Sprintf("path %q leaves the working directory", p)
+	}
+	return ""
+}
+
+// ParseMode parses an octal permission string such as "0644".
+func ParseMode(s string) (os.FileMode, error) {
+	v, err := strconv.ParseUint(s, 8, 32)
+	if err != nil || v > 0o777 {
+		return 0, fmt.Errorf("mode %q is not an octal permission such as \"0644\"", s)
+	}
+	return os.FileMode(v), nil
 }
 
 func (s *Staging) charge(n int64, what string) error {
@@ -217,26 +259,25 @@ func (s *Staging) charge(n int64, what string) error {
 	return nil
 }
 
-func (s *Staging) copyTree(src, dst, what string) error {
-	// Size and symlinks are checked before anything is copied, so a refused
-	// tree leaves no half copy behind.
+// copyTree copies the host tree src to dst under r. Size and symlinks are
+// checked before anything is copied, so a refused tree leaves no half copy.
+func (s *Staging) copyTree(r *os.Root, src, dst, what string) error {
 	var total int64
 	err := filepath.WalkDir(src, func(p string, d iofs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
-		if d.Type()&os.ModeSymlink != 0 {
-			rel, _ := filepath.Rel(src, p)
+		rel, _ := filepath.Rel(src, p)
+		switch t := d.Type(); {
+		case t&os.ModeSymlink != 0:
 			return fmt.Errorf("%s contains a symlink (%s), which is not allowed", what, rel)
-		}
-		if d.Type().IsRegular() {
+		case t.IsRegular():
 			info, err := d.Info()
 			if err != nil {
 				return err
 			}
 			total += info.Size()
-		} else if !d.IsDir() {
-			rel, _ := filepath.Rel(src, p)
+		case !d.IsDir():
 			return fmt.Errorf("%s contains %s, which is neither a file nor a directory", what, rel)
 		}
 		return nil
@@ -258,40 +299,51 @@ func (s *Staging) copyTree(src, dst, what string) error {
 			return err
 		}
 		if d.IsDir() {
-			return os.MkdirAll(target, info.Mode().Perm()|0o700)
+			return r.MkdirAll(target, info.Mode().Perm()|0o700)
 		}
-		return copyContents(p, target, info.Mode().Perm())
+		return copyContents(r, p, target, info.Mode().Perm())
 	})
 }
 
-func (s *Staging) copyFile(src, dst string, st os.FileInfo, what string) error {
-	if !st.Mode().IsRegular() {
-		return fmt.Errorf("%s: not a regular file", what)
-	}
-	if err := s.charge(st.Size(), what); err != nil {
-		return err
-	}
-	return copyContents(src, dst, st.Mode().Perm())
-}
-
-func copyContents(src, dst string, mode os.FileMode) error {
+// copyContents copies the host file src to dst under r, with mode exactly.
+func copyContents(r *os.Root, src, dst string, mode os.FileMode) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
+	out, err := r.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW, mode)
 	if err != nil {
 		return err
 	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
+	_, err = io.Copy(out, in)
+	if err == nil {
+		err = out.Chmod(mode)
 	}
-	if err := out.Close(); err != nil {
-		return err
+	if cerr := out.Close(); err == nil {
+		err = cerr
 	}
-	return os.Chmod(dst, mode)
+	return err
+}
+
+// writeFile writes data to name under r, with mode exactly (WriteFile keeps
+// an existing file's mode and follows a link at the last component).
+func writeFile(r *os.Root, name string, data []byte, mode os.FileMode) error {
+	f, err := r.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW, mode)
+	if err != nil {
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Chmod(mode)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", name, err)
+	}
+	return nil
 }
 
 // Metadata summarises a directory tree, as the Python REPL's fs_metadata.

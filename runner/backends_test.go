@@ -31,11 +31,11 @@ func deterministic(t *testing.T, r *Result) []byte {
 	return b
 }
 
-// newBwrap is a bubblewrap sandbox executor on a state root of its own
-// (removed when the test ends; sandboxes run as an unprivileged user, so it
-// must be traversable by it). The provider is returned to be closed early by
-// tests that check what is left after it.
-func newBwrap(t testing.TB) (*sandbox.Executor, *bwrap.Provider, string) {
+// newBwrap is a bubblewrap sandbox executor, with the spec's sandbox
+// settings, on a state root of its own (removed when the test ends). The
+// provider is returned to be closed early by tests that check what is left
+// after it.
+func newBwrap(t testing.TB, spec *schema.Spec) (*sandbox.Executor, *bwrap.Provider, string) {
 	t.Helper()
 	_, err := exec.LookPath("bwrap")
 	testbin.Need(t, err == nil, "bubblewrap")
@@ -44,19 +44,34 @@ func newBwrap(t testing.TB) (*sandbox.Executor, *bwrap.Provider, string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(state) })
-	if err := os.Chmod(state, 0o711); err != nil {
-		t.Fatal(err)
-	}
 	p, err := bwrap.New(bwrap.Options{AgentPath: agentBin, StateRoot: state})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = p.Close() })
-	ex, err := sandbox.NewExecutor(sandbox.Options{Provider: p, AgentPath: agentBin})
+	ex, err := sandbox.NewExecutor(sandbox.Options{Provider: p, Settings: SandboxSettings(spec.Backend.Sandbox)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return ex, p, state
+}
+
+// newDocker is a Docker sandbox executor with the spec's settings and the
+// test image.
+func newDocker(t testing.TB, spec *schema.Spec) *sandbox.Executor {
+	t.Helper()
+	spec.Backend.Type = "sandbox"
+	spec.Backend.Sandbox.Provider = "docker"
+	spec.Backend.Sandbox.Image, spec.Backend.Sandbox.Pull = dockerTestImage, "never"
+	p, err := docker.Factory(context.Background(), sandbox.FactoryOptions{AgentPath: agentBin, Config: SandboxConfig(spec.Backend.Sandbox)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ex, err := sandbox.NewExecutor(sandbox.Options{Provider: p, Settings: SandboxSettings(spec.Backend.Sandbox)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ex
 }
 
 // TestExamplesSameOnEveryBackend runs every example on the local backend
@@ -90,16 +105,9 @@ func TestExamplesSameOnEveryBackend(t *testing.T) {
 				case "local":
 					b, err = local.New(local.Options{AgentPath: agentBin})
 				case "docker":
-					spec.Backend.Type = "sandbox"
-					spec.Backend.Sandbox.Provider = "docker"
-					spec.Backend.Sandbox.Image, spec.Backend.Sandbox.Pull = dockerTestImage, "never"
-					p, perr := docker.New(context.Background(), docker.Options{AgentPath: agentBin})
-					if perr != nil {
-						t.Fatal(perr)
-					}
-					b, err = sandbox.NewExecutor(sandbox.Options{Provider: p, AgentPath: agentBin})
+					b = newDocker(t, spec)
 				default:
-					b, _, _ = newBwrap(t)
+					b, _, _ = newBwrap(t, spec)
 				}
 				if err != nil {
 					t.Fatal(err)
@@ -131,7 +139,6 @@ func TestExamplesSameOnEveryBackend(t *testing.T) {
 // downloaded, the rollout errors and is not scored on stale files (the
 // reference only logged a warning).
 func TestFailedSyncBackIsAnError(t *testing.T) {
-	ex, _, _ := newBwrap(t)
 	spec := loadSpec(t, `version: 1
 name: sync-fails
 backend: {type: sandbox}
@@ -142,6 +149,7 @@ rollouts:
     turns:
       - code: "echo secret > unreadable.txt; chmod 000 unreadable.txt; export RLM_CONTENT=done RLM_READY=1"
 `, nil)
+	ex, _, _ := newBwrap(t, spec)
 	r := runSpec(t, spec, func(o *Options) { o.Backend = ex }).Results[0]
 	if r.Status != StatusError || r.Reward != nil || r.Answer != "done" {
 		t.Fatalf("result: status %s reward %v answer %q error %q", r.Status, r.Reward, r.Answer, r.Error)
@@ -162,7 +170,7 @@ const dockerTestImage = "rlmrun-test:latest"
 func dockerReady(t *testing.T) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := docker.New(ctx, docker.Options{}); err != nil {
+	if _, err := docker.Factory(ctx, sandbox.FactoryOptions{}); err != nil {
 		if testbin.Required() {
 			t.Fatalf("no Docker daemon (%v), and RLMRUN_REQUIRE_ALL is set", err)
 		}
@@ -192,22 +200,10 @@ rollouts:
     turns: [{code: "sleep 1; export RLM_CONTENT=$RLM_WORKDIR RLM_READY=1"}]
 `
 	try := map[string]func(*schema.Spec) Backend{
-		"bwrap": func(*schema.Spec) Backend { ex, _, _ := newBwrap(t); return ex },
+		"bwrap": func(spec *schema.Spec) Backend { ex, _, _ := newBwrap(t, spec); return ex },
 	}
 	if dockerReady(t) {
-		try["docker"] = func(spec *schema.Spec) Backend {
-			spec.Backend.Sandbox.Provider = "docker"
-			spec.Backend.Sandbox.Image, spec.Backend.Sandbox.Pull = dockerTestImage, "never"
-			p, err := docker.New(context.Background(), docker.Options{AgentPath: agentBin})
-			if err != nil {
-				t.Fatal(err)
-			}
-			ex, err := sandbox.NewExecutor(sandbox.Options{Provider: p, AgentPath: agentBin})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return ex
-		}
+		try["docker"] = func(spec *schema.Spec) Backend { return newDocker(t, spec) }
 	}
 	for name, backend := range try {
 		t.Run(name, func(t *testing.T) {
@@ -257,7 +253,7 @@ rollouts:
 			spec := loadSpec(t, body, nil)
 			var mod func(*Options)
 			if be == "bwrap" {
-				ex, _, _ := newBwrap(t)
+				ex, _, _ := newBwrap(t, spec)
 				spec.Backend.Type = "sandbox"
 				mod = func(o *Options) { o.Backend = ex }
 			}
@@ -318,7 +314,6 @@ func TestSyncBackOfManyFiles(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a 300,000-file sync-back")
 	}
-	ex, _, _ := newBwrap(t)
 	spec := loadSpec(t, `version: 1
 name: many-files
 backend: {type: sandbox}
@@ -335,6 +330,7 @@ rollouts:
               open(f"d/{i}", "w").close()
           answer["ready"] = True
 `, nil)
+	ex, _, _ := newBwrap(t, spec)
 	r := runSpec(t, spec, func(o *Options) { o.Backend = ex }).Results[0]
 	t.Logf("rollout %.1fs, download %.1fs", r.Volatile.Seconds, r.Volatile.DownloadMS/1000)
 	if r.Status != StatusCompleted || r.Reward == nil || *r.Reward != 1 {

@@ -174,7 +174,6 @@ rollouts:
 // each, while another rollout calls its tools: it reports the runner's
 // peak RSS (target: under 300 MB) and checks the other rollout finished.
 func BenchmarkTunnelAttackMemory(b *testing.B) {
-	ex, _, _ := newBwrap(b)
 	spec := loadSpec(b, `version: 1
 name: tunnel-attack
 backend: {type: sandbox, sandbox: {memory_gb: 0.5}}
@@ -208,6 +207,7 @@ rollouts:
       - code: "sleep 5; for i in $(seq 1 20); do ping >/dev/null; done"
       - code: "test $(ping) = pong && export RLM_CONTENT=done RLM_READY=1"
 `, nil)
+	ex, _, _ := newBwrap(b, spec)
 	for i := 0; i < b.N; i++ {
 		rep := runSpec(b, spec, func(o *Options) { o.Backend = ex; o.Concurrency = 2 })
 		if v := find(b, rep, "victim"); v.Status != StatusCompleted || v.Answer != "done" {

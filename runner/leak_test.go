@@ -57,15 +57,7 @@ func children() []string {
 // settle waits for cond, polling: goroutines and descriptors of finished
 // work are released asynchronously (a connection's reader sees EOF a little
 // after Close). It bounds waiting for something that must happen, not speed.
-func settle(cond func() bool) bool {
-	for i := 0; i < 100; i++ {
-		if cond() {
-			return true
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return cond()
-}
+func settle(cond func() bool) bool { return testbin.Within(5*time.Second, cond) }
 
 const leakSpec = `version: 1
 name: leaks
@@ -119,7 +111,7 @@ func TestNoLeaks(t *testing.T) {
 				}
 			} else {
 				var p *bwrap.Provider
-				backend, p, state = newBwrap(t)
+				backend, p, state = newBwrap(t, spec)
 				spec.Backend.Type = "sandbox"
 				closeBackend = func() { _ = p.Close() }
 			}

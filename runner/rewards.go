@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/rlmrun/rlmrun/internal/tmpl"
 	"github.com/rlmrun/rlmrun/runner/hostcmd"
 	"github.com/rlmrun/rlmrun/schema"
 )
@@ -19,7 +20,7 @@ import (
 // score runs every reward on the final answer and the final working
 // directory (dir), and sets the rollout's reward to their weighted sum.
 func (ro *rollout) score(dir string) {
-	spec := ro.r.spec
+	spec := ro.env.spec
 	if len(spec.Rewards) == 0 {
 		return
 	}
@@ -35,7 +36,7 @@ func (ro *rollout) score(dir string) {
 }
 
 func (ro *rollout) render(where, text string) (string, error) {
-	return schema.Render(where, text, ro.data)
+	return tmpl.Render(where, text, ro.data)
 }
 
 func (ro *rollout) scoreOne(where string, rw schema.Reward, dir string) (float64, string) {
@@ -193,21 +194,21 @@ func (ro *rollout) runReward(where string, rw schema.Reward, dir string) (float6
 		rendered[i] = r
 	}
 	if prog := rendered[0]; strings.Contains(prog, "/") && !filepath.IsAbs(prog) {
-		rendered[0] = filepath.Join(ro.r.spec.Dir, prog)
+		rendered[0] = filepath.Join(ro.env.spec.Dir, prog)
 	}
 	in, _ := json.Marshal(map[string]any{
 		"rollout": ro.inst.ID, "status": ro.res.Status, "answer": ro.answer.Content,
-		"answer_ready": ro.answer.Ready, "vars": ro.inst.Rollout.Vars, "spec_dir": ro.r.spec.Dir,
+		"answer_ready": ro.answer.Ready, "vars": ro.inst.Rollout.Vars, "spec_dir": ro.env.spec.Dir,
 		"workdir": dir,
 	})
-	extra := []string{"RLM_SPEC_DIR=" + ro.r.spec.Dir, "RLM_WORKDIR=" + dir}
+	extra := []string{"RLM_SPEC_DIR=" + ro.env.spec.Dir, "RLM_WORKDIR=" + dir}
 	if len(ro.answer.Content) <= maxEnvAnswer {
 		extra = append(extra, "RLM_ANSWER="+ro.answer.Content)
 	}
-	out := ro.r.spawner.Run(context.Background(), hostcmd.Call{
+	out := ro.env.spawner.Run(context.Background(), hostcmd.Call{
 		Cmd: hostcmd.Cmd{
 			Argv:  rendered,
-			Dir:   ro.r.spec.Dir,
+			Dir:   ro.env.spec.Dir,
 			Env:   hostcmd.Environ(os.Environ(), rw.PassEnv, rw.Env, extra...),
 			Stdin: bytes.NewReader(in),
 		},

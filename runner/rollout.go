@@ -14,7 +14,9 @@ import (
 	"github.com/rlmrun/rlmrun/backends/client"
 	"github.com/rlmrun/rlmrun/backends/protocol"
 	rlmfs "github.com/rlmrun/rlmrun/fs"
+	"github.com/rlmrun/rlmrun/internal/tmpl"
 	"github.com/rlmrun/rlmrun/schema"
+	"github.com/rlmrun/rlmrun/tunnel/wire"
 )
 
 // cleanupTimeout bounds what a rollout does after its context ended:
@@ -23,7 +25,7 @@ const cleanupTimeout = 30 * time.Second
 
 // rollout is one rollout's life.
 type rollout struct {
-	r        *Runner
+	env      *runEnv
 	index    int
 	inst     schema.Instance
 	way      *wayOut
@@ -38,18 +40,14 @@ type rollout struct {
 	replTime time.Duration
 }
 
-func (r *Runner) runRollout(ctx context.Context, index int, inst schema.Instance) *Result {
+func (env *runEnv) runRollout(ctx context.Context, index int, inst schema.Instance) *Result {
 	start := time.Now()
-	root := filepath.Join(r.runDir, inst.ID)
-	if ar, ok := r.opts.Backend.(agentRooter); ok {
-		root = ar.AgentRoot(r.opts.RunID, inst.ID)
-	}
 	ro := &rollout{
-		r:     r,
+		env:   env,
 		index: index,
 		inst:  inst,
-		data:  schema.RolloutData(inst),
-		root:  root,
+		data:  rolloutData(inst),
+		root:  env.backend.Root(env.runDir, inst.ID),
 		res: &Result{
 			ID:      inst.ID,
 			Rollout: inst.Rollout.ID,
@@ -57,7 +55,7 @@ func (r *Runner) runRollout(ctx context.Context, index int, inst schema.Instance
 			Prompt:  inst.Rollout.Prompt,
 			Turns:   []Turn{},
 			Volatile: Volatile{
-				RunID:     r.opts.RunID,
+				RunID:     env.runID,
 				StartedAt: start.UTC(),
 			},
 		},
@@ -85,9 +83,9 @@ func (ro *rollout) warn(format string, args ...any) {
 }
 
 func (ro *rollout) run(ctx context.Context) {
-	spec := ro.r.spec
+	spec := ro.env.spec
 	t0 := time.Now()
-	way, err := ro.r.newWayOut(ro)
+	way, err := ro.env.newWayOut(ro.index, ro.inst, ro.data)
 	if err != nil {
 		ro.fail("sub-LLM replies: %v", err)
 		ro.finish()
@@ -112,7 +110,7 @@ func (ro *rollout) run(ctx context.Context) {
 			ro.fail("interrupted before turn %d", i)
 			break
 		}
-		code, err := schema.Render(fmt.Sprintf("rollouts[%d].turns[%d].code", ro.inst.Rollout.Index, i), t.Code, ro.data)
+		code, err := tmpl.Render(fmt.Sprintf("rollouts[%d].turns[%d].code", ro.inst.Rollout.Index, i), t.Code, ro.data)
 		if err != nil {
 			ro.fail("turn %d: %v", i, err)
 			break
@@ -140,8 +138,8 @@ func (ro *rollout) run(ctx context.Context) {
 // stage builds the staging directory: context, then the spec's and the
 // rollout's mutations, in order.
 func (ro *rollout) stage() error {
-	spec := ro.r.spec
-	st, err := rlmfs.New(rlmfs.Options{Dir: filepath.Join(ro.r.runDir, ".staging", ro.inst.ID), MaxBytes: spec.Filesystem.CopyMaxBytes})
+	spec := ro.env.spec
+	st, err := rlmfs.New(rlmfs.Options{Dir: filepath.Join(ro.env.runDir, ".staging", ro.inst.ID), SourceDir: spec.Dir, MaxBytes: spec.Filesystem.CopyMaxBytes})
 	if err != nil {
 		return err
 	}
@@ -160,65 +158,40 @@ func (ro *rollout) stage() error {
 			return err
 		}
 	}
-	for _, m := range append(append([]schema.Mutation{}, fsys.Mutations...), ro.inst.Rollout.Mutations...) {
-		rm, err := renderMutation(m, ro.data)
-		if err != nil {
-			return fmt.Errorf("%s: %w", m.Path, err)
-		}
-		if err := st.Apply(rm, spec.Dir); err != nil {
-			return fmt.Errorf("%s: %w", m.Path, err)
+	all := append(append([]schema.Mutation{}, fsys.Mutations...), ro.inst.Rollout.Mutations...)
+	ms, err := mutations(all, ro.data)
+	if err != nil {
+		return err
+	}
+	for i, m := range ms {
+		if err := st.Apply(m); err != nil {
+			return fmt.Errorf("%s: %w", all[i].Path, err)
 		}
 	}
 	return nil
 }
 
-func renderMutation(m schema.Mutation, data map[string]any) (schema.Mutation, error) {
-	var firstErr error
-	r := func(s string) string {
-		out, err := schema.Render(m.Path, s, data)
-		if err != nil && firstErr == nil {
-			firstErr = err
-		}
-		return out
-	}
-	out := schema.Mutation{Path: m.Path}
-	switch {
-	case m.Write != nil:
-		out.Write = &schema.WriteOp{Path: r(m.Write.Path), Content: r(m.Write.Content), Mode: m.Write.Mode}
-	case m.Mkdir != nil:
-		out.Mkdir = &schema.MkdirOp{Path: r(m.Mkdir.Path), Mode: m.Mkdir.Mode}
-	case m.Copy != nil:
-		out.Copy = &schema.CopyOp{From: r(m.Copy.From), To: r(m.Copy.To)}
-	case m.Remove != nil:
-		out.Remove = &schema.RemoveOp{Path: r(m.Remove.Path)}
-	case m.Chmod != nil:
-		out.Chmod = &schema.ChmodOp{Path: r(m.Chmod.Path), Mode: m.Chmod.Mode}
-	}
-	return out, firstErr
-}
-
 // startAgent is the deferred setup: freeze the staging directory, get an
 // agent from the backend, upload the directory and start the worker.
 func (ro *rollout) startAgent(ctx context.Context) error {
-	spec := ro.r.spec
+	spec := ro.env.spec
 	ro.staging.Freeze()
 	t0 := time.Now()
 	sctx, cancel := context.WithTimeout(ctx, spec.REPL.StartupTimeout.Duration)
 	defer cancel()
-	sess, facts, err := ro.r.opts.Backend.Start(sctx, backends.StartRequest{
-		RunID:          ro.r.opts.RunID,
+	sess, facts, err := ro.env.backend.Start(sctx, backends.StartRequest{
+		RunID:          ro.env.runID,
 		RolloutID:      ro.inst.ID,
 		Root:           ro.root,
 		Language:       spec.REPL.Language,
 		Python:         spec.REPL.Python,
-		Sandbox:        spec.Backend.Sandbox,
 		StartupTimeout: spec.REPL.StartupTimeout.Duration,
 	})
 	if err != nil {
 		return startErr(sctx, ctx, spec.REPL.StartupTimeout.Duration, err)
 	}
 	ro.sess = sess
-	go func() { _ = ro.r.server.Serve(sess.Listener()) }()
+	go func() { _ = ro.env.server.Serve(sess.Listener()) }()
 	ro.res.Volatile.Facts = facts
 	ro.res.Volatile.StartMS = msSince(t0)
 	ro.res.Volatile.Workdir = filepath.Join(ro.root, "work")
@@ -227,7 +200,7 @@ func (ro *rollout) startAgent(ctx context.Context) error {
 		return err
 	}
 	args := ro.initArgs()
-	args.FSFiles, args.FSBytes = meta.FileCount, meta.TotalSize
+	args.FS = meta
 	if err := sess.Init(sctx, args); err != nil {
 		return startErr(sctx, ctx, spec.REPL.StartupTimeout.Duration, err)
 	}
@@ -260,37 +233,29 @@ func startErr(sctx, ctx context.Context, timeout time.Duration, err error) error
 
 // initArgs describe the worker the rollout needs.
 func (ro *rollout) initArgs() protocol.InitArgs {
-	spec := ro.r.spec
+	spec := ro.env.spec
 	env := map[string]string{}
 	for k, v := range spec.Backend.Sandbox.Env {
 		env[k] = v
 	}
 	return protocol.InitArgs{
-		Root:          ro.root,
-		Language:      spec.REPL.Language,
-		Python:        spec.REPL.Python,
-		Env:           env,
-		Tools:         ro.way.toolInfos(),
-		Tunnel:        spec.Backend.InterceptionURL == "" || spec.Backend.Type != "sandbox",
-		BaseURL:       ro.baseURL(),
+		Root:     ro.root,
+		Language: spec.REPL.Language,
+		Python:   spec.REPL.Python,
+		Env:      env,
+		Tools:    ro.way.toolInfos(),
+		// Through the tunnel, unless the worker calls interception_url.
+		Tunnel:        ro.env.interceptionURL == "",
+		BaseURL:       ro.env.interceptionURL,
 		RolloutKey:    ro.way.key,
 		Secret:        ro.way.secret,
-		ToolTimeoutMS: workerToolTimeout(spec.REPL.CodeExecutionTimeout.Duration).Milliseconds(),
+		ToolTimeoutMS: wire.WorkerToolTimeout(spec.REPL.CodeExecutionTimeout.Duration).Milliseconds(),
 	}
-}
-
-// baseURL is interception_url, when the sandbox calls the server directly.
-func (ro *rollout) baseURL() string {
-	b := ro.r.spec.Backend
-	if b.Type == "sandbox" {
-		return b.InterceptionURL
-	}
-	return ""
 }
 
 // turn runs one cell and records it; it reports whether the rollout stops.
 func (ro *rollout) turn(ctx context.Context, code string) (stop bool) {
-	spec := ro.r.spec
+	spec := ro.env.spec
 	timeout := spec.REPL.CodeExecutionTimeout.Duration
 	maxLen := spec.REPL.MaxOutputLength
 	ro.seq++
@@ -457,7 +422,7 @@ func (ro *rollout) endAgent() (synced bool) {
 		}
 		cancel()
 	}
-	policy := newSyncPolicy(ro.r.spec)
+	policy := newSyncPolicy(ro.env.spec)
 	t0 := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), policy.total)
 	st, err := ro.sess.Get(ctx, ro.staging.Dir(), client.GetOptions{Limits: policy.limits, Stall: syncStall})
@@ -521,16 +486,16 @@ func (ro *rollout) retain(synced bool) {
 		return
 	}
 	dir := ro.staging.Dir()
-	if ro.r.spec.Retention.Filesystem && !synced {
+	if ro.env.spec.Retention.Filesystem && !synced {
 		ro.warn("the working directory is not retained: its sync-back failed")
 	}
-	if !ro.r.spec.Retention.Filesystem || !synced {
+	if !ro.env.spec.Retention.Filesystem || !synced {
 		if err := os.RemoveAll(dir); err != nil {
 			ro.warn("remove staging directory: %v", err)
 		}
 		return
 	}
-	dst := filepath.Join(ro.r.outDir, ro.inst.ID)
+	dst := filepath.Join(ro.env.outDir, ro.inst.ID)
 	if err := moveDir(dir, dst); err != nil {
 		ro.fail("retain the working directory: %v", err)
 		return
@@ -552,19 +517,13 @@ func moveDir(src, dst string) error {
 	return os.RemoveAll(src)
 }
 
-// agentRooter is a backend that chooses where a rollout's directory lives
-// as its agent sees it (a sandbox's private /tmp).
-type agentRooter interface {
-	AgentRoot(runID, rolloutID string) string
-}
-
 // normalize makes the recorded transcript independent of where the run
 // happened: the run's directory appears as "<run>", whether on this
 // machine's temp directory or in a sandbox's /tmp.
 func (ro *rollout) normalize() {
-	inside := "/tmp/rlmrun-" + ro.r.opts.RunID
+	inside := filepath.Dir(ro.root)
 	repl := func(s string) string {
-		s = strings.ReplaceAll(s, ro.r.runDir, "<run>")
+		s = strings.ReplaceAll(s, ro.env.runDir, "<run>")
 		return strings.ReplaceAll(s, inside, "<run>")
 	}
 	for i := range ro.res.Turns {

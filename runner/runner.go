@@ -20,18 +20,31 @@ import (
 
 	"github.com/rlmrun/rlmrun/backends"
 	"github.com/rlmrun/rlmrun/backends/client"
+	"github.com/rlmrun/rlmrun/backends/local"
 	"github.com/rlmrun/rlmrun/backends/procs"
+	"github.com/rlmrun/rlmrun/backends/sandbox"
 	"github.com/rlmrun/rlmrun/internal/ownerdir"
 	"github.com/rlmrun/rlmrun/runner/hostcmd"
 	"github.com/rlmrun/rlmrun/schema"
 	"github.com/rlmrun/rlmrun/tunnel"
 )
 
-// Backend starts agents; local processes and sandboxes both are one.
+// Backend is what the runner needs from a way of reaching REPLs: local
+// processes and sandboxes are both one.
 type Backend interface {
 	Name() string
+	// Root is where a rollout's directory lives as its agent sees it, for
+	// the run's directory runDir on this machine. The runner shows both as
+	// "<run>" in transcripts.
+	Root(runDir, rolloutID string) string
+	// Start starts an agent for one rollout.
 	Start(ctx context.Context, req backends.StartRequest) (*client.Session, *backends.Facts, error)
 }
+
+var (
+	_ Backend = (*local.Executor)(nil)
+	_ Backend = (*sandbox.Executor)(nil)
+)
 
 // Options configure a run.
 type Options struct {
@@ -56,6 +69,10 @@ type Options struct {
 	// Drain, once closed, stops starting rollouts; running ones finish.
 	// Cancelling Run's context cancels the running ones too.
 	Drain <-chan struct{}
+	// InterceptionURL, when set, is where workers call tools and sub-LLMs
+	// instead of the tunnel (the spec's backend.interception_url): the
+	// interception server listens there too.
+	InterceptionURL string
 }
 
 // Report is the outcome of a run.
@@ -82,13 +99,24 @@ func (r *Report) Failed() bool {
 
 // Runner runs one spec.
 type Runner struct {
+	runEnv
 	opts    Options
-	spec    *schema.Spec
-	server  *tunnel.Server // the run's interception server
-	runDir  string         // the run's temp root: TempDir/rlmrun-RUNID
-	outDir  string         // retention dir / run id
 	results *resultsWriter
-	spawner *hostcmd.Spawner // the run's host commands: tools and rewards
+	// resultsPath is results.jsonl in outDir.
+	resultsPath string
+}
+
+// runEnv is what every rollout of a run shares, and only reads: a rollout
+// gets it, not the Runner.
+type runEnv struct {
+	spec            *schema.Spec
+	backend         Backend
+	runID           string
+	runDir          string         // the run's temp root: TempDir/rlmrun-RUNID
+	outDir          string         // retention dir / run id
+	interceptionURL string         // Options.InterceptionURL
+	server          *tunnel.Server // the run's interception server
+	spawner         *hostcmd.Spawner
 }
 
 // NewRunID returns a fresh run id: time, then randomness.
@@ -103,6 +131,33 @@ func NewRunID() string {
 // that stop the run itself (an unwritable results file, ...). When ctx ends,
 // no new rollout starts, running ones are cancelled, and what finished is kept.
 func Run(ctx context.Context, opts Options) (*Report, error) {
+	r, err := newRunner(opts)
+	if err != nil {
+		return nil, err
+	}
+	defer r.close()
+	rep := &Report{RunID: r.opts.RunID, Dir: r.outDir, ResultsPath: r.resultsPath}
+	insts := r.instances()
+	results, notStarted, writeErr := r.schedule(ctx, insts)
+	for _, res := range results {
+		if res != nil {
+			rep.Results = append(rep.Results, res)
+		}
+	}
+	for _, i := range notStarted {
+		rep.NotStarted = append(rep.NotStarted, insts[i].ID)
+	}
+	rep.Interrupted = drained(ctx, r.opts.Drain)
+	if err := r.results.Close(); err != nil {
+		writeErr = multierror.Append(writeErr, err)
+	}
+	return rep, writeErr
+}
+
+// newRunner applies the options' defaults and makes what a run holds: its
+// results directory, its temporary directory, its interception server and
+// its results file.
+func newRunner(opts Options) (*Runner, error) {
 	if opts.Spec == nil || opts.Backend == nil {
 		return nil, errors.New("runner: spec and backend are required")
 	}
@@ -123,7 +178,11 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 			outBase = filepath.Join(spec.Dir, outBase)
 		}
 	}
-	r := &Runner{opts: opts, spec: spec, outDir: filepath.Join(outBase, opts.RunID), spawner: hostcmd.NewSpawner(true)}
+	r := &Runner{opts: opts, runEnv: runEnv{
+		spec: spec, backend: opts.Backend, runID: opts.RunID, interceptionURL: opts.InterceptionURL,
+		outDir: filepath.Join(outBase, opts.RunID), spawner: hostcmd.NewSpawner(true),
+	}}
+	r.resultsPath = filepath.Join(r.outDir, "results.jsonl")
 	if err := os.MkdirAll(r.outDir, 0o755); err != nil {
 		return nil, fmt.Errorf("create results directory: %w", err)
 	}
@@ -135,96 +194,102 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	if err := os.Mkdir(r.runDir, 0o711); err != nil {
 		return nil, fmt.Errorf("create run directory: %w", err)
 	}
-	defer os.RemoveAll(r.runDir)
 	if err := writeOwner(r.runDir, opts.RunID); err != nil {
+		r.close()
 		return nil, err
 	}
 	r.server = tunnel.NewServer(tunnel.Limits{})
-	defer r.server.Close()
-	if u := spec.Backend.InterceptionURL; u != "" && spec.Backend.Type == "sandbox" {
+	if u := opts.InterceptionURL; u != "" {
 		l, prefix, err := tunnel.ListenURL(u)
 		if err != nil {
+			r.close()
 			return nil, err
 		}
 		go func() { _ = r.server.ServeURL(l, prefix) }()
 	}
-	rep := &Report{RunID: opts.RunID, Dir: r.outDir, ResultsPath: filepath.Join(r.outDir, "results.jsonl")}
-	r.results, err = newResultsWriter(rep.ResultsPath, opts.OutputFile)
-	if err != nil {
+	if r.results, err = newResultsWriter(r.resultsPath, opts.OutputFile); err != nil {
+		r.close()
 		return nil, err
 	}
-	defer r.results.Close()
+	return r, nil
+}
 
+// close ends what newRunner made, the results file aside.
+func (r *Runner) close() {
+	if r.server != nil {
+		_ = r.server.Close()
+	}
+	if r.results != nil {
+		_ = r.results.Close()
+	}
+	_ = os.RemoveAll(r.runDir)
+}
+
+// instances are the rollouts the run runs: every repeat, filtered.
+func (r *Runner) instances() []schema.Instance {
 	var insts []schema.Instance
-	for _, in := range spec.ExpandedRollouts() {
-		if opts.Filter == nil || opts.Filter(in.ID) {
+	for _, in := range r.spec.ExpandedRollouts() {
+		if r.opts.Filter == nil || r.opts.Filter(in.ID) {
 			insts = append(insts, in)
 		}
 	}
+	return insts
+}
+
+// drained reports whether the run was told to start no more rollouts.
+func drained(ctx context.Context, drain <-chan struct{}) bool {
+	select {
+	case <-drain:
+		return true
+	default:
+		return ctx.Err() != nil
+	}
+}
+
+// schedule runs the instances, Concurrency at once, until they are done or
+// the run is drained or cancelled. It returns the results (nil for those
+// that did not run, in instance order), the indices of the instances an
+// interruption kept from starting, and the errors of writing results.
+func (r *Runner) schedule(ctx context.Context, insts []schema.Instance) ([]*Result, []int, error) {
 	results := make([]*Result, len(insts))
-	sem := make(chan struct{}, opts.Concurrency)
+	var notStarted []int
+	sem := make(chan struct{}, r.opts.Concurrency)
 	var wg sync.WaitGroup
-	var writeErr error
 	var mu sync.Mutex
-	drained := func() bool {
-		select {
-		case <-opts.Drain:
-			return true
-		default:
-			return ctx.Err() != nil
-		}
-	}
-	notStarted := func(from int) {
-		for _, in := range insts[from:] {
-			rep.NotStarted = append(rep.NotStarted, in.ID)
-		}
-	}
-loop:
+	var writeErr error
 	for i, in := range insts {
 		select {
 		case sem <- struct{}{}:
 		case <-ctx.Done():
-			notStarted(i)
-			break loop
-		case <-opts.Drain:
-			notStarted(i)
-			break loop
+		case <-r.opts.Drain:
 		}
-		if drained() {
-			<-sem
-			notStarted(i)
+		if drained(ctx, r.opts.Drain) {
+			for j := i; j < len(insts); j++ {
+				notStarted = append(notStarted, j)
+			}
 			break
 		}
 		wg.Add(1)
-		go func(i int, in schema.Instance) {
+		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			if opts.OnStart != nil {
-				opts.OnStart(in.ID)
+			if r.opts.OnStart != nil {
+				r.opts.OnStart(in.ID)
 			}
-			res := r.runRollout(ctx, i, in)
+			res := r.runEnv.runRollout(ctx, i, in)
 			results[i] = res
 			if err := r.results.Write(res); err != nil {
 				mu.Lock()
 				writeErr = multierror.Append(writeErr, err)
 				mu.Unlock()
 			}
-			if opts.OnResult != nil {
-				opts.OnResult(res)
+			if r.opts.OnResult != nil {
+				r.opts.OnResult(res)
 			}
-		}(i, in)
+		}()
 	}
 	wg.Wait()
-	for _, res := range results {
-		if res != nil {
-			rep.Results = append(rep.Results, res)
-		}
-	}
-	rep.Interrupted = drained()
-	if err := r.results.Close(); err != nil {
-		writeErr = multierror.Append(writeErr, err)
-	}
-	return rep, writeErr
+	return results, notStarted, writeErr
 }
 
 // owner records which process owns a run directory, so leftovers of a

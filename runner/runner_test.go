@@ -390,14 +390,7 @@ rollouts:
 	started := make(chan struct{})
 	go func() {
 		// Wait until the worker runs the cell, then interrupt.
-		for i := 0; i < 200; i++ {
-			if pids := sleepers(); len(pids) >= 2 {
-				close(started)
-				cancel()
-				return
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+		testbin.Within(10*time.Second, func() bool { return len(sleepers()) >= 2 })
 		close(started)
 		cancel()
 	}()

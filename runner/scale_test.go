@@ -74,7 +74,7 @@ func BenchmarkScaleRLMSecrets(b *testing.B) {
 				backend, err = local.New(local.Options{AgentPath: agentBin})
 			} else {
 				spec.Backend.Type = "sandbox"
-				backend, _, _ = newBwrap(b)
+				backend, _, _ = newBwrap(b, spec)
 			}
 			if err != nil {
 				b.Fatal(err)

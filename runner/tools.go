@@ -11,27 +11,11 @@ import (
 
 	"github.com/rlmrun/rlmrun/runner/hostcmd"
 	"github.com/rlmrun/rlmrun/schema"
-	"github.com/rlmrun/rlmrun/tunnel"
+	"github.com/rlmrun/rlmrun/tunnel/wire"
 )
 
 // maxToolOutput caps what a host tool may print as its result.
 const maxToolOutput = 16 << 20
-
-// toolList merges tool lists as the reference did: in order, an identical
-// repeat dropped (the loader already refused two different tools with one name).
-func toolList(lists ...[]schema.Tool) []schema.Tool {
-	seen := map[string]bool{}
-	var out []schema.Tool
-	for _, l := range lists {
-		for _, t := range l {
-			if !seen[t.Name] {
-				seen[t.Name] = true
-				out = append(out, t)
-			}
-		}
-	}
-	return out
-}
 
 // toolCall is one call of a host command tool.
 type toolCall struct {
@@ -56,10 +40,10 @@ func bindArgs(t schema.Tool, args []any, kwargs map[string]any) (map[string]any,
 	_ = json.Unmarshal(t.Parameters, &params)
 	if len(names) == 0 {
 		if len(args) > 0 && len(t.Parameters) > 0 {
-			return nil, &tunnel.BadRequest{Msg: fmt.Sprintf("%s() takes no positional arguments but %d were given", t.Name, len(args))}
+			return nil, &wire.BadRequest{Msg: fmt.Sprintf("%s() takes no positional arguments but %d were given", t.Name, len(args))}
 		}
 	} else if len(args) > len(names) {
-		return nil, &tunnel.BadRequest{Msg: fmt.Sprintf("%s() takes %d positional argument(s) but %d were given", t.Name, len(names), len(args))}
+		return nil, &wire.BadRequest{Msg: fmt.Sprintf("%s() takes %d positional argument(s) but %d were given", t.Name, len(names), len(args))}
 	}
 	for i, a := range args {
 		if i < len(names) {
@@ -72,10 +56,10 @@ func bindArgs(t schema.Tool, args []any, kwargs map[string]any) (map[string]any,
 	}
 	for k, v := range kwargs {
 		if _, dup := out[k]; dup {
-			return nil, &tunnel.BadRequest{Msg: fmt.Sprintf("%s() got multiple values for argument '%s'", t.Name, k)}
+			return nil, &wire.BadRequest{Msg: fmt.Sprintf("%s() got multiple values for argument '%s'", t.Name, k)}
 		}
 		if len(names) > 0 && !known[k] && (params.AdditionalProperties == nil || !*params.AdditionalProperties) {
-			return nil, &tunnel.BadRequest{Msg: fmt.Sprintf("%s() got an unexpected keyword argument '%s'", t.Name, k)}
+			return nil, &wire.BadRequest{Msg: fmt.Sprintf("%s() got an unexpected keyword argument '%s'", t.Name, k)}
 		}
 		out[k] = v
 	}
@@ -86,7 +70,7 @@ func bindArgs(t schema.Tool, args []any, kwargs map[string]any) (map[string]any,
 		}
 	}
 	if len(missing) > 0 {
-		return nil, &tunnel.BadRequest{Msg: fmt.Sprintf("%s() missing %d required argument(s): %s", t.Name, len(missing), strings.Join(missing, ", "))}
+		return nil, &wire.BadRequest{Msg: fmt.Sprintf("%s() missing %d required argument(s): %s", t.Name, len(missing), strings.Join(missing, ", "))}
 	}
 	return out, nil
 }
@@ -97,7 +81,15 @@ func bindArgs(t schema.Tool, args []any, kwargs map[string]any) (map[string]any,
 // with a scrubbed environment (hostcmd), and nothing it starts outlives it.
 // cpu is what the tool's processes used (user + system), for the run's
 // time split.
-func runHostTool(ctx context.Context, sp *hostcmd.Spawner, t schema.Tool, dir string, call toolCall) (res any, cpu time.Duration, err error) {
+// hostTools runs the spec's tool commands: from its folder (dir), each
+// contained by the run's spawner.
+type hostTools struct {
+	spawner *hostcmd.Spawner
+	dir     string
+}
+
+func (h hostTools) run(ctx context.Context, t schema.Tool, call toolCall) (res any, cpu time.Duration, err error) {
+	sp, dir := h.spawner, h.dir
 	args, err := bindArgs(t, call.Args, call.Kwargs)
 	if err != nil {
 		return nil, 0, err
@@ -108,7 +100,7 @@ func runHostTool(ctx context.Context, sp *hostcmd.Spawner, t schema.Tool, dir st
 	}
 	in, err := json.Marshal(call)
 	if err != nil {
-		return nil, 0, &tunnel.BadRequest{Msg: fmt.Sprintf("arguments are not JSON: %v", err)}
+		return nil, 0, &wire.BadRequest{Msg: fmt.Sprintf("arguments are not JSON: %v", err)}
 	}
 	out := sp.Run(ctx, hostcmd.Call{
 		Cmd: hostcmd.Cmd{
@@ -124,15 +116,15 @@ func runHostTool(ctx context.Context, sp *hostcmd.Spawner, t schema.Tool, dir st
 	cpu = out.CPU
 	switch {
 	case !out.Started:
-		return nil, 0, &tunnel.ToolError{Msg: fmt.Sprintf("tool %s could not start: %v", t.Name, out.Err)}
+		return nil, 0, &wire.ToolError{Msg: fmt.Sprintf("tool %s could not start: %v", t.Name, out.Err)}
 	case out.TimedOut:
-		return nil, cpu, &tunnel.ToolError{Msg: fmt.Sprintf("tool %s timed out after %s%s", t.Name, t.Timeout.Duration, stderrSuffix(out.Stderr))}
+		return nil, cpu, &wire.ToolError{Msg: fmt.Sprintf("tool %s timed out after %s%s", t.Name, t.Timeout.Duration, stderrSuffix(out.Stderr))}
 	case ctx.Err() != nil:
 		return nil, cpu, ctx.Err()
 	case out.Err != nil:
-		return nil, cpu, &tunnel.ToolError{Msg: fmt.Sprintf("tool %s failed (%s)%s", t.Name, hostcmd.Describe(out.Err), stderrSuffix(out.Stderr))}
+		return nil, cpu, &wire.ToolError{Msg: fmt.Sprintf("tool %s failed (%s)%s", t.Name, hostcmd.Describe(out.Err), stderrSuffix(out.Stderr))}
 	case out.StdoutOver:
-		return nil, cpu, &tunnel.ToolError{Msg: fmt.Sprintf("tool %s printed more than %d bytes", t.Name, maxToolOutput)}
+		return nil, cpu, &wire.ToolError{Msg: fmt.Sprintf("tool %s printed more than %d bytes", t.Name, maxToolOutput)}
 	}
 	return parseResult(out.Stdout), cpu, nil
 }

@@ -12,21 +12,35 @@ import (
 	"github.com/rlmrun/rlmrun/schema"
 	"github.com/rlmrun/rlmrun/subllm"
 	"github.com/rlmrun/rlmrun/tunnel"
+	"github.com/rlmrun/rlmrun/tunnel/wire"
 )
 
 // wayOut is a rollout's routes on the interception server: its root tools,
-// llm_batch, the sub-LLM behind it, and the metrics they keep.
+// llm_batch, the sub-LLM behind it, and the metrics they keep. It gets what
+// it needs in a wayOutConfig: no pointer back to the rollout or the run.
 type wayOut struct {
-	ro     *rollout
+	cfg    wayOutConfig
 	key    string
 	secret string
-	model  subllm.Model
-	root   []schema.Tool
-	sub    []schema.Tool
 
 	mu      sync.Mutex
 	metrics metrics
 	masks   []mask // volatile strings printed during the current turn
+}
+
+// wayOutConfig is what a rollout's routes need.
+type wayOutConfig struct {
+	server  *tunnel.Server
+	rollout string // the rollout's id
+	index   int    // its position in the run, for the route's key
+	vars    map[string]string
+	model   subllm.Model
+	root    []schema.Tool // root tools, llm_batch aside
+	sub     []schema.Tool
+	host    hostTools
+	// batch holds llm_batch's settings; the model, tools and tool caller
+	// are the way out's.
+	batch subllm.BatchOptions
 }
 
 // mask replaces a volatile string (a duration) in the recorded transcript.
@@ -48,56 +62,55 @@ type metrics struct {
 	hostToolCalls     int
 }
 
-// callTimeout is the reference's sub-LLM call timeout for a cell timeout
-// T: max(min(10 s, T-1 s), 0.8T), at most T-1 s.
-func callTimeout(t time.Duration) time.Duration {
-	d := max(min(10*time.Second, t-time.Second), t*8/10)
-	if t > 2*time.Second {
-		d = min(d, t-time.Second)
-	}
-	return d
-}
-
-// workerToolTimeout is the worker's HTTP timeout for a tool call: 0.9T, at
-// most T-1 s.
-func workerToolTimeout(t time.Duration) time.Duration {
-	d := t * 9 / 10
-	if t > 2*time.Second {
-		d = min(d, t-time.Second)
-	}
-	return d
-}
-
-func (r *Runner) newWayOut(ro *rollout) (*wayOut, error) {
-	spec := r.spec
-	replies := append(append([]schema.Reply{}, ro.inst.Rollout.SubLLMReplies...), spec.SubLLM.Replies...)
-	model, err := subllm.NewScripted(replies, ro.data)
+func (env *runEnv) newWayOut(index int, inst schema.Instance, data map[string]any) (*wayOut, error) {
+	spec := env.spec
+	model, err := subllm.NewScripted(replies(inst.Rollout.SubLLMReplies, spec.SubLLM.Replies), data)
 	if err != nil {
 		return nil, err
 	}
-	w := &wayOut{
-		ro:     ro,
-		key:    fmt.Sprintf("r%d-%s", ro.index, tunnel.NewSecret()[:8]),
-		secret: tunnel.NewSecret(),
-		model:  model,
-		root:   toolList(spec.Tools, spec.RootTools),
-		sub:    toolList(spec.Tools, spec.SubTools),
-	}
-	w.metrics.rootCalls = map[string]int{}
-	tools := map[string]tunnel.ToolFunc{schema.ReservedToolName: w.llmBatch}
-	for _, t := range w.root {
-		tools[t.Name] = w.rootTool(t)
-	}
-	r.server.Register(&tunnel.Rollout{Key: w.key, Secret: w.secret, Tools: tools, Chat: w.chat})
-	return w, nil
+	root, sub := spec.ToolLists()
+	sl := spec.SubLLM
+	return openWayOut(wayOutConfig{
+		server:  env.server,
+		rollout: inst.ID,
+		index:   index,
+		vars:    inst.Rollout.Vars,
+		model:   model,
+		root:    root,
+		sub:     sub,
+		host:    hostTools{spawner: env.spawner, dir: spec.Dir},
+		batch: subllm.BatchOptions{
+			MaxParallelism: sl.MaxParallelism,
+			Stagger:        time.Duration(sl.StaggerMS) * time.Millisecond,
+			Jitter:         time.Duration(sl.StaggerJitterMS) * time.Millisecond,
+			ToolMaxTurns:   sl.ToolMaxTurns,
+			CallTimeout:    wire.CallTimeout(spec.REPL.CodeExecutionTimeout.Duration),
+		},
+	}), nil
 }
 
-func (w *wayOut) close() { w.ro.r.server.Unregister(w.key) }
+// openWayOut registers a rollout's routes.
+func openWayOut(cfg wayOutConfig) *wayOut {
+	w := &wayOut{
+		cfg:    cfg,
+		key:    fmt.Sprintf("r%d-%s", cfg.index, tunnel.NewSecret()[:8]),
+		secret: tunnel.NewSecret(),
+	}
+	w.metrics.rootCalls = map[string]int{}
+	tools := map[string]tunnel.ToolFunc{wire.ReservedToolName: w.llmBatch}
+	for _, t := range cfg.root {
+		tools[t.Name] = w.rootTool(t)
+	}
+	cfg.server.Register(&tunnel.Rollout{Key: w.key, Secret: w.secret, Tools: tools, Chat: w.chat})
+	return w
+}
+
+func (w *wayOut) close() { w.cfg.server.Unregister(w.key) }
 
 // toolInfos describe the root tools to the agent (llm_batch first).
 func (w *wayOut) toolInfos() []protocol.ToolInfo {
-	out := []protocol.ToolInfo{{Name: schema.ReservedToolName, Description: "Run prompts on sub-LLMs in parallel.", Params: []string{"prompts"}}}
-	for _, t := range w.root {
+	out := []protocol.ToolInfo{{Name: wire.ReservedToolName, Description: "Run prompts on sub-LLMs in parallel.", Params: []string{"prompts"}}}
+	for _, t := range w.cfg.root {
 		out = append(out, protocol.ToolInfo{Name: t.Name, Description: t.Description, Params: t.ParamNames})
 	}
 	return out
@@ -106,7 +119,7 @@ func (w *wayOut) toolInfos() []protocol.ToolInfo {
 func (w *wayOut) countRoot(name string, d time.Duration) {
 	w.mu.Lock()
 	w.metrics.rootCalls[name]++
-	if name != schema.ReservedToolName {
+	if name != wire.ReservedToolName {
 		w.metrics.rootToolTime += d
 		w.metrics.rootToolTimeCount++
 	}
@@ -118,7 +131,7 @@ func (w *wayOut) rootTool(t schema.Tool) tunnel.ToolFunc {
 		start := time.Now()
 		defer func() { w.countRoot(t.Name, time.Since(start)) }()
 		res, err := w.runHostTool(ctx, t, toolCall{
-			Tool: t.Name, Role: "root", Rollout: w.ro.inst.ID, Args: args, Kwargs: kwargs, Vars: w.ro.inst.Rollout.Vars,
+			Tool: t.Name, Role: "root", Rollout: w.cfg.rollout, Args: args, Kwargs: kwargs, Vars: w.cfg.vars,
 		})
 		return res, nil, err
 	}
@@ -127,7 +140,7 @@ func (w *wayOut) rootTool(t schema.Tool) tunnel.ToolFunc {
 // runHostTool runs a tool's command and accounts for its time.
 func (w *wayOut) runHostTool(ctx context.Context, t schema.Tool, call toolCall) (any, error) {
 	start := time.Now()
-	res, cpu, err := runHostTool(ctx, w.ro.r.spawner, t, w.ro.r.spec.Dir, call)
+	res, cpu, err := w.cfg.host.run(ctx, t, call)
 	w.mu.Lock()
 	w.metrics.hostToolTime += time.Since(start)
 	w.metrics.hostToolCPU += cpu
@@ -139,10 +152,10 @@ func (w *wayOut) runHostTool(ctx context.Context, t schema.Tool, call toolCall) 
 // callSubTool runs a sub tool for a sub-LLM; its result becomes the tool
 // message's text.
 func (w *wayOut) callSubTool(ctx context.Context, name string, args map[string]any) (string, error) {
-	for _, t := range w.sub {
+	for _, t := range w.cfg.sub {
 		if t.Name == name {
 			res, err := w.runHostTool(ctx, t, toolCall{
-				Tool: name, Role: "sub", Rollout: w.ro.inst.ID, Kwargs: args, Vars: w.ro.inst.Rollout.Vars,
+				Tool: name, Role: "sub", Rollout: w.cfg.rollout, Kwargs: args, Vars: w.cfg.vars,
 			})
 			if err != nil {
 				return "", err
@@ -150,12 +163,12 @@ func (w *wayOut) callSubTool(ctx context.Context, name string, args map[string]a
 			return resultText(res), nil
 		}
 	}
-	return "", &tunnel.ToolError{Msg: fmt.Sprintf("Tool '%s' not found", name)}
+	return "", &wire.ToolError{Msg: fmt.Sprintf("Tool '%s' not found", name)}
 }
 
 func (w *wayOut) subToolDefs() []subllm.ToolDef {
 	var defs []subllm.ToolDef
-	for _, t := range w.sub {
+	for _, t := range w.cfg.sub {
 		params := t.Parameters
 		if len(params) == 0 {
 			params = json.RawMessage(`{"type":"object","properties":{}}`)
@@ -169,49 +182,15 @@ func (w *wayOut) subToolDefs() []subllm.ToolDef {
 // come back in order, with the reference's summary lines to print.
 func (w *wayOut) llmBatch(ctx context.Context, args []any, kwargs map[string]any) (any, []string, error) {
 	start := time.Now()
-	defer func() { w.countRoot(schema.ReservedToolName, time.Since(start)) }()
-	var raw any
-	switch {
-	case len(args) > 0 && kwargs["prompts"] != nil:
-		return nil, nil, &tunnel.BadRequest{Msg: "llm_batch received prompts twice."}
-	case len(args) > 1:
-		return nil, nil, &tunnel.BadRequest{Msg: "llm_batch expects a single prompts argument."}
-	case len(args) == 1:
-		raw = args[0]
-	case kwargs["prompts"] != nil:
-		raw = kwargs["prompts"]
-	default:
-		return nil, nil, &tunnel.BadRequest{Msg: "llm_batch requires a prompts argument."}
+	defer func() { w.countRoot(wire.ReservedToolName, time.Since(start)) }()
+	prompts, err := subllm.PromptsFromArgs(args, kwargs)
+	if err != nil {
+		return nil, nil, err
 	}
-	for k := range kwargs {
-		if k != "prompts" {
-			return nil, nil, &tunnel.BadRequest{Msg: "llm_batch does not accept extra keyword arguments: " + k}
-		}
-	}
-	list, ok := raw.([]any)
-	if !ok {
-		return nil, nil, &tunnel.BadRequest{Msg: "llm_batch expects a list of prompts."}
-	}
-	prompts := make([]string, len(list))
-	for i, p := range list {
-		s, ok := p.(string)
-		if !ok {
-			return nil, nil, &tunnel.BadRequest{Msg: fmt.Sprintf("llm_batch prompt at index %d must be a string.", i)}
-		}
-		prompts[i] = s
-	}
-	sl := w.ro.r.spec.SubLLM
+	opts := w.cfg.batch
+	opts.Model, opts.Tools, opts.CallTool = w.cfg.model, w.subToolDefs(), w.callSubTool
 	t0 := time.Now()
-	results := subllm.RunBatch(ctx, subllm.BatchOptions{
-		Model:          w.model,
-		Tools:          w.subToolDefs(),
-		CallTool:       w.callSubTool,
-		MaxParallelism: sl.MaxParallelism,
-		Stagger:        time.Duration(sl.StaggerMS) * time.Millisecond,
-		Jitter:         time.Duration(sl.StaggerJitterMS) * time.Millisecond,
-		ToolMaxTurns:   sl.ToolMaxTurns,
-		CallTimeout:    callTimeout(w.ro.r.spec.REPL.CodeExecutionTimeout.Duration),
-	}, prompts)
+	results := subllm.RunBatch(ctx, opts, prompts)
 	total := time.Since(t0)
 	lines := subllm.SummaryLines(results, total)
 	contents := make([]any, len(results))
@@ -238,9 +217,9 @@ func (w *wayOut) llmBatch(ctx context.Context, args []any, kwargs map[string]any
 func (w *wayOut) chat(ctx context.Context, body []byte) (any, error) {
 	var req subllm.Request
 	if err := json.Unmarshal(body, &req); err != nil {
-		return nil, &tunnel.BadRequest{Msg: "messages must be a list of role/content objects: " + err.Error()}
+		return nil, &wire.BadRequest{Msg: "messages must be a list of role/content objects: " + err.Error()}
 	}
-	resp, err := w.model.Complete(ctx, req)
+	resp, err := w.cfg.model.Complete(ctx, req)
 	if err != nil {
 		return nil, err
 	}
@@ -289,8 +268,8 @@ func (w *wayOut) fill(det, vol map[string]any) {
 	det["sub_llm_batch_count"] = len(m.batchSizes)
 	det["sub_llm_max_batch_size"] = maxBatch
 	det["sub_llm_mean_batch_size"] = mean
-	det[schema.ReservedToolName+"_root_calls"] = m.rootCalls[schema.ReservedToolName]
-	for _, t := range w.root {
+	det[wire.ReservedToolName+"_root_calls"] = m.rootCalls[wire.ReservedToolName]
+	for _, t := range w.cfg.root {
 		det[t.Name+"_root_calls"] = m.rootCalls[t.Name]
 	}
 	for _, n := range m.rootCalls {

@@ -211,119 +211,183 @@ func (v *schemaValidator) info(ptr string) *nodeInfo {
 	return &nodeInfo{Pos: Pos{1, 1}}
 }
 
+// failure is one violation, located, as the keyword handlers see it.
+type failure struct {
+	viol violation
+	info *nodeInfo
+	val  any // the offending value
+	hint string
+}
+
+// at is a problem at the failing value.
+func (f failure) at(msg string) []Problem {
+	return []Problem{{Pos: f.info.Pos, Path: f.info.Display, Message: msg, ptr: f.viol.ptr}}
+}
+
+// leaf turns one violation into readable, located problems.
 func (v *schemaValidator) leaf(viol violation) []Problem {
-	kw, node, ptr := viol.kw, viol.node, viol.ptr
-	info := v.info(ptr)
-	val := getPointer(v.root, ptr)
-	hint, _ := node["x-hint"].(string)
-	at := func(msg string) []Problem {
-		return []Problem{{Pos: info.Pos, Path: info.Display, Message: msg, ptr: ptr}}
+	f := failure{viol: viol, info: v.info(viol.ptr), val: getPointer(v.root, viol.ptr)}
+	f.hint, _ = viol.node["x-hint"].(string)
+	handler := keywordProblem(viol.kw)
+	if handler == nil {
+		return f.at("does not satisfy " + viol.kw)
 	}
-	if kw == "propertyNames" {
-		return []Problem{{Pos: info.KeyPos, Path: info.Display, ptr: ptr,
-			Message: fmt.Sprintf("name %q must be an identifier (letters, digits and '_', not starting with a digit)", viol.prop)}}
-	}
+	return handler(v, f)
+}
+
+// keywordProblem says, per JSON Schema keyword, what its violation means
+// to someone editing a spec (nil: a keyword without a message of its own).
+// Handlers that mark the value bad keep later checks from repeating the
+// problem.
+func keywordProblem(kw string) func(*schemaValidator, failure) []Problem {
 	switch kw {
+	case "propertyNames":
+		return (*schemaValidator).propertyNameProblem
 	case "required":
-		req, _ := node["required"].([]any)
-		obj, _ := val.(map[string]any)
-		var out []Problem
-		for _, r := range req {
-			name, _ := r.(string)
-			if _, ok := obj[name]; !ok {
-				out = append(out, Problem{Pos: info.Pos, Path: displayPath(info.Display, name, -1), Message: "missing required key", ptr: ptr})
-			}
-		}
-		return out
+		return (*schemaValidator).requiredProblems
 	case "additionalProperties":
-		props, _ := node["properties"].(map[string]any)
-		known := make([]string, 0, len(props))
-		for k := range props {
-			known = append(known, k)
-		}
-		sort.Strings(known)
-		obj, _ := val.(map[string]any)
-		var out []Problem
-		for _, key := range info.Keys {
-			if _, ok := props[key]; ok {
-				continue
-			}
-			if _, ok := obj[key]; !ok {
-				continue
-			}
-			kinfo := v.info(ptr + "/" + escapePointer(key))
-			msg := fmt.Sprintf("unknown key %q", key)
-			if s := suggest(key, known); s != "" {
-				msg += fmt.Sprintf(" (did you mean %q?)", s)
-			} else if len(known) > 0 {
-				msg += " (known keys: " + strings.Join(known, ", ") + ")"
-			}
-			out = append(out, Problem{Pos: kinfo.KeyPos, Path: kinfo.Display, Message: msg, ptr: ptr})
-			v.bad[ptr+"/"+escapePointer(key)] = true
-		}
-		return out
+		return (*schemaValidator).unknownKeyProblems
 	case "type":
-		v.bad[ptr] = true
-		// A hint describes multi-type values (durations) better than a type list.
-		want := typeWords(node["type"])
-		if hint != "" {
-			if _, multi := node["type"].([]any); multi {
-				want = hint
-			} else {
-				want += " (" + hint + ")"
-			}
-		}
-		msg := fmt.Sprintf("expected %s, got %s", want, describeValue(val))
-		switch val.(type) {
-		case int64, float64, bool:
-			if node["type"] == "string" && hint == "" {
-				msg += fmt.Sprintf("; quote it to make it text: \"%v\"", val)
-			}
-		}
-		return at(msg)
+		return (*schemaValidator).typeProblem
 	case "enum":
-		v.bad[ptr] = true
-		opts, _ := node["enum"].([]any)
-		words := make([]string, len(opts))
-		for i, o := range opts {
-			words[i] = fmt.Sprint(o)
-		}
-		msg := fmt.Sprintf("must be one of %s, got %s", strings.Join(words, ", "), describeValue(val))
-		if s, ok := val.(string); ok {
-			if sug := suggest(s, words); sug != "" {
-				msg += fmt.Sprintf(" (did you mean %q?)", sug)
-			}
-		}
-		return at(msg)
+		return (*schemaValidator).enumProblem
 	case "const":
-		v.bad[ptr] = true
-		if _, isStr := val.(string); isStr {
-			return at(fmt.Sprintf("must be the number %v (unquoted), got %s", node["const"], describeValue(val)))
-		}
-		if info.Display == "version" {
-			return at(fmt.Sprintf("unsupported spec version %v; this rlmrun reads version 1", val))
-		}
-		return at(fmt.Sprintf("must be %v, got %s", node["const"], describeValue(val)))
+		return (*schemaValidator).constProblem
 	case "pattern":
-		v.bad[ptr] = true
-		if hint != "" {
-			return at(fmt.Sprintf("must be %s, got %s", hint, describeValue(val)))
-		}
-		return at(fmt.Sprintf("%s does not match pattern %v", describeValue(val), node["pattern"]))
+		return (*schemaValidator).patternProblem
 	case "minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum":
-		v.bad[ptr] = true
-		op := map[string]string{"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[kw]
-		return at(fmt.Sprintf("must be %s %v, got %s", op, node[kw], describeValue(val)))
+		return (*schemaValidator).rangeProblem
 	case "minLength":
-		v.bad[ptr] = true
-		return at("must not be empty")
+		return func(v *schemaValidator, f failure) []Problem {
+			v.bad[f.viol.ptr] = true
+			return f.at("must not be empty")
+		}
 	case "minItems":
-		return at(fmt.Sprintf("needs at least %v item(s)", node["minItems"]))
+		return func(_ *schemaValidator, f failure) []Problem {
+			return f.at(fmt.Sprintf("needs at least %v item(s)", f.viol.node["minItems"]))
+		}
 	case "minProperties", "maxProperties":
-		v.bad[ptr] = true
-		return at(propsHint(node))
+		return (*schemaValidator).propertyCountProblem
 	}
-	return at("does not satisfy " + kw)
+	return nil
+}
+
+func (v *schemaValidator) propertyNameProblem(f failure) []Problem {
+	return []Problem{{Pos: f.info.KeyPos, Path: f.info.Display, ptr: f.viol.ptr,
+		Message: fmt.Sprintf("name %q must be an identifier (letters, digits and '_', not starting with a digit)", f.viol.prop)}}
+}
+
+func (v *schemaValidator) requiredProblems(f failure) []Problem {
+	req, _ := f.viol.node["required"].([]any)
+	obj, _ := f.val.(map[string]any)
+	var out []Problem
+	for _, r := range req {
+		name, _ := r.(string)
+		if _, ok := obj[name]; !ok {
+			out = append(out, Problem{Pos: f.info.Pos, Path: displayPath(f.info.Display, name, -1), Message: "missing required key", ptr: f.viol.ptr})
+		}
+	}
+	return out
+}
+
+func (v *schemaValidator) unknownKeyProblems(f failure) []Problem {
+	ptr := f.viol.ptr
+	props, _ := f.viol.node["properties"].(map[string]any)
+	known := make([]string, 0, len(props))
+	for k := range props {
+		known = append(known, k)
+	}
+	sort.Strings(known)
+	obj, _ := f.val.(map[string]any)
+	var out []Problem
+	for _, key := range f.info.Keys {
+		if _, ok := props[key]; ok {
+			continue
+		}
+		if _, ok := obj[key]; !ok {
+			continue
+		}
+		kinfo := v.info(ptr + "/" + escapePointer(key))
+		msg := fmt.Sprintf("unknown key %q", key)
+		if s := suggest(key, known); s != "" {
+			msg += fmt.Sprintf(" (did you mean %q?)", s)
+		} else if len(known) > 0 {
+			msg += " (known keys: " + strings.Join(known, ", ") + ")"
+		}
+		out = append(out, Problem{Pos: kinfo.KeyPos, Path: kinfo.Display, Message: msg, ptr: ptr})
+		v.bad[ptr+"/"+escapePointer(key)] = true
+	}
+	return out
+}
+
+func (v *schemaValidator) typeProblem(f failure) []Problem {
+	v.bad[f.viol.ptr] = true
+	node := f.viol.node
+	// A hint describes multi-type values (durations) better than a type list.
+	want := typeWords(node["type"])
+	if f.hint != "" {
+		if _, multi := node["type"].([]any); multi {
+			want = f.hint
+		} else {
+			want += " (" + f.hint + ")"
+		}
+	}
+	msg := fmt.Sprintf("expected %s, got %s", want, describeValue(f.val))
+	switch f.val.(type) {
+	case int64, float64, bool:
+		if node["type"] == "string" && f.hint == "" {
+			msg += fmt.Sprintf("; quote it to make it text: \"%v\"", f.val)
+		}
+	}
+	return f.at(msg)
+}
+
+func (v *schemaValidator) enumProblem(f failure) []Problem {
+	v.bad[f.viol.ptr] = true
+	opts, _ := f.viol.node["enum"].([]any)
+	words := make([]string, len(opts))
+	for i, o := range opts {
+		words[i] = fmt.Sprint(o)
+	}
+	msg := fmt.Sprintf("must be one of %s, got %s", strings.Join(words, ", "), describeValue(f.val))
+	if s, ok := f.val.(string); ok {
+		if sug := suggest(s, words); sug != "" {
+			msg += fmt.Sprintf(" (did you mean %q?)", sug)
+		}
+	}
+	return f.at(msg)
+}
+
+func (v *schemaValidator) constProblem(f failure) []Problem {
+	v.bad[f.viol.ptr] = true
+	c := f.viol.node["const"]
+	if _, isStr := f.val.(string); isStr {
+		return f.at(fmt.Sprintf("must be the number %v (unquoted), got %s", c, describeValue(f.val)))
+	}
+	if f.info.Display == "version" {
+		return f.at(fmt.Sprintf("unsupported spec version %v; this rlmrun reads version 1", f.val))
+	}
+	return f.at(fmt.Sprintf("must be %v, got %s", c, describeValue(f.val)))
+}
+
+func (v *schemaValidator) patternProblem(f failure) []Problem {
+	v.bad[f.viol.ptr] = true
+	if f.hint != "" {
+		return f.at(fmt.Sprintf("must be %s, got %s", f.hint, describeValue(f.val)))
+	}
+	return f.at(fmt.Sprintf("%s does not match pattern %v", describeValue(f.val), f.viol.node["pattern"]))
+}
+
+func (v *schemaValidator) rangeProblem(f failure) []Problem {
+	v.bad[f.viol.ptr] = true
+	kw := f.viol.kw
+	op := map[string]string{"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[kw]
+	return f.at(fmt.Sprintf("must be %s %v, got %s", op, f.viol.node[kw], describeValue(f.val)))
+}
+
+func (v *schemaValidator) propertyCountProblem(f failure) []Problem {
+	v.bad[f.viol.ptr] = true
+	return f.at(propsHint(f.viol.node))
 }
 
 func propsHint(node map[string]any) string {

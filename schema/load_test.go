@@ -247,17 +247,6 @@ func TestSchemaIsPublishedJSON(t *testing.T) {
 	}
 }
 
-func TestRenderMissingVarIsAnError(t *testing.T) {
-	out, err := Render("x", "a {{ .vars.y }}", map[string]any{"vars": map[string]string{}})
-	if err == nil {
-		t.Fatalf("Render = %q, want an error for a missing var", out)
-	}
-	out, err = Render("x", "{{ shq .vars.q }} {{ json .vars.q }}", map[string]any{"vars": map[string]string{"q": "it's"}})
-	if err != nil || out != `'it'\''s' "it's"` {
-		t.Fatalf("Render = %q, %v", out, err)
-	}
-}
-
 func FuzzLoad(f *testing.F) {
 	for _, dir := range []string{"testdata/valid", "testdata/invalid"} {
 		files, _ := filepath.Glob(filepath.Join(dir, "*.yaml"))

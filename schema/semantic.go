@@ -10,11 +10,11 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"text/template"
-)
 
-// ReservedToolName is the fixed root tool every REPL has.
-const ReservedToolName = "llm_batch"
+	rlmfs "github.com/rlmrun/rlmrun/fs"
+	"github.com/rlmrun/rlmrun/internal/tmpl"
+	"github.com/rlmrun/rlmrun/tunnel/wire"
+)
 
 // semanticChecker finds what the JSON Schema cannot: cross-references,
 // uniqueness, files on disk, regexes and templates.
@@ -111,33 +111,58 @@ func (c *semanticChecker) checkTools() {
 			if t.Name == "" {
 				continue
 			}
-			if t.Name == ReservedToolName {
-				c.at(p+".name", "%s is reserved: every REPL has it built in", ReservedToolName)
+			if t.Name == wire.ReservedToolName {
+				c.at(p+".name", "%s is reserved: every REPL has it built in", wire.ReservedToolName)
 				continue
 			}
 			defs[l.key] = append(defs[l.key], toolDef{t, p})
 			c.checkToolDef(t, p)
 		}
 	}
-	// Root list = shared then root-only; sub list = shared then sub-only. In each,
-	// an identical repeat is merged and a different tool with the same name is an error.
-	c.dedupe(append(append([]toolDef{}, defs["tools"]...), defs["root_tools"]...), "the root tool list")
-	c.dedupe(append(append([]toolDef{}, defs["tools"]...), defs["sub_tools"]...), "the sub tool list")
+	for _, list := range []struct {
+		defs  []toolDef
+		where string
+	}{{append(append([]toolDef{}, defs["tools"]...), defs["root_tools"]...), "the root tool list"},
+		{append(append([]toolDef{}, defs["tools"]...), defs["sub_tools"]...), "the sub tool list"}} {
+		_, clashes := mergeTools(list.defs, func(d toolDef) Tool { return d.tool })
+		for _, cl := range clashes {
+			c.at(cl.second.path+".name", "tool %q is defined differently at %s (%s): in %s one name must mean one tool", cl.second.tool.Name, cl.first.path, c.spec.Where(cl.first.path), list.where)
+		}
+	}
 }
 
-func (c *semanticChecker) dedupe(list []toolDef, where string) {
-	seen := map[string]toolDef{}
-	for _, d := range list {
-		prev, ok := seen[d.tool.Name]
+// clash is two different tools of one name in a tool list.
+type clash[T any] struct{ first, second T }
+
+// mergeTools is the rule of tool lists, as in the reference: in order, a
+// tool repeated identically is merged into its first occurrence, and a
+// different tool with a name already taken is a clash (the loader refuses
+// specs with clashes; the runner merges what the loader accepted).
+func mergeTools[T any](items []T, tool func(T) Tool) (merged []T, clashes []clash[T]) {
+	seen := map[string]T{}
+	for _, it := range items {
+		t := tool(it)
+		prev, ok := seen[t.Name]
 		if !ok {
-			seen[d.tool.Name] = d
+			seen[t.Name] = it
+			merged = append(merged, it)
 			continue
 		}
-		if prev.path == d.path || toolKey(prev.tool) == toolKey(d.tool) {
-			continue
+		if toolKey(tool(prev)) != toolKey(t) {
+			clashes = append(clashes, clash[T]{prev, it})
 		}
-		c.at(d.path+".name", "tool %q is defined differently at %s (%s): in %s one name must mean one tool", d.tool.Name, prev.path, c.spec.Where(prev.path), where)
 	}
+	return merged, clashes
+}
+
+// ToolLists returns the root and the sub tool list: tools then root_tools,
+// and tools then sub_tools, each merged by mergeTools. llm_batch, which
+// every REPL has, is not in them.
+func (s *Spec) ToolLists() (root, sub []Tool) {
+	id := func(t Tool) Tool { return t }
+	root, _ = mergeTools(append(append([]Tool{}, s.Tools...), s.RootTools...), id)
+	sub, _ = mergeTools(append(append([]Tool{}, s.Tools...), s.SubTools...), id)
+	return root, sub
 }
 
 func toolKey(t Tool) string {
@@ -403,7 +428,7 @@ func (c *semanticChecker) checkRollouts() {
 	type shared struct {
 		f       stringField
 		kind    string // path | text | regex
-		tmpl    *template.Template
+		tmpl    *tmpl.Template
 		vars    []string
 		broken  bool
 		perRoll bool // depends on the rollout (uses a template)
@@ -415,7 +440,7 @@ func (c *semanticChecker) checkRollouts() {
 	}{{"path", topPaths}, {"text", topTexts}, {"regex", rRegexes}} {
 		for _, f := range group.fields {
 			sh := &shared{f: f, kind: group.kind}
-			t, msg, vars := checkTemplate(f.text, tmplScope{fields: rolloutFields})
+			t, msg, vars := checkTemplate(f.text, tmplScope{fields: tmpl.RolloutFields()})
 			if msg != "" {
 				c.at(f.path, "%s", msg)
 				sh.broken = true
@@ -444,8 +469,7 @@ func (c *semanticChecker) checkRollouts() {
 		for k := range r.Vars {
 			vars[k] = true
 		}
-		inst := Instance{ID: r.ID, Rollout: r, RepeatIndex: 1}
-		data := RolloutData(inst)
+		data := tmpl.RolloutData(r.ID, 1, r.Vars)
 		for _, sh := range sharedFields {
 			if sh.broken || !sh.perRoll {
 				continue
@@ -454,14 +478,14 @@ func (c *semanticChecker) checkRollouts() {
 				c.at(sh.f.path, "template uses .vars.%s, but rollout %q (%s) defines no var %q", missing, r.ID, p, missing)
 				continue
 			}
-			out, err := execute(sh.tmpl, data)
+			out, err := sh.tmpl.Execute(data)
 			if err != nil {
 				c.at(sh.f.path, "template fails for rollout %q: %v", r.ID, cleanTemplateErr(err))
 				continue
 			}
 			c.checkRendered(sh.kind, sh.f.path, out, fmt.Sprintf(" (for rollout %q)", r.ID))
 		}
-		scope := tmplScope{fields: rolloutFields, vars: vars}
+		scope := tmplScope{fields: tmpl.RolloutFields(), vars: vars}
 		for j, t := range r.Turns {
 			c.checkText(fmt.Sprintf("%s.turns[%d].code", p, j), t.Code, scope, data, "text")
 		}
@@ -512,7 +536,7 @@ func (c *semanticChecker) checkText(path, text string, sc tmplScope, data map[st
 	out := text
 	var err error
 	if t != nil {
-		out, err = execute(t, data)
+		out, err = t.Execute(data)
 	}
 	if err != nil {
 		c.at(path, "template fails: %v", cleanTemplateErr(err))
@@ -524,7 +548,7 @@ func (c *semanticChecker) checkText(path, text string, sc tmplScope, data map[st
 func (c *semanticChecker) checkRendered(kind, path, val, suffix string) {
 	switch kind {
 	case "path":
-		if msg := InsideWorkdir(val); msg != "" {
+		if msg := rlmfs.InsideWorkdir(val); msg != "" {
 			c.at(path, "%s%s", msg, suffix)
 			return
 		}
@@ -543,22 +567,6 @@ func (c *semanticChecker) checkRendered(kind, path, val, suffix string) {
 	}
 }
 
-// InsideWorkdir returns a message when p is absolute or escapes the working
-// directory with "..".
-func InsideWorkdir(p string) string {
-	if p == "" {
-		return "path is empty"
-	}
-	if filepath.IsAbs(p) {
-		return fmt.Sprintf("path %q is absolute; paths are relative to the working directory", p)
-	}
-	clean := filepath.Clean(p)
-	if clean == ".." || strings.HasPrefix(clean, "../") {
-		return fmt.Sprintf("path %q leaves the working directory", p)
-	}
-	return ""
-}
-
 func (c *semanticChecker) checkCopySources(ms []Mutation, prefix string, data map[string]any) {
 	for i, m := range ms {
 		if m.Copy == nil || m.Copy.From == "" {
@@ -566,7 +574,7 @@ func (c *semanticChecker) checkCopySources(ms []Mutation, prefix string, data ma
 		}
 		from := m.Copy.From
 		if data != nil {
-			out, err := Render(prefix, from, data)
+			out, err := tmpl.Render(prefix, from, data)
 			if err != nil {
 				continue // reported by checkText
 			}
@@ -602,19 +610,10 @@ func (c *semanticChecker) checkModes(ms []Mutation, prefix string) {
 		if mode == "" {
 			continue
 		}
-		if _, err := ParseMode(mode); err != nil {
+		if _, err := rlmfs.ParseMode(mode); err != nil {
 			c.at(fmt.Sprintf("%s[%d].%s.mode", prefix, i, field), "%v", err)
 		}
 	}
-}
-
-// ParseMode parses an octal permission string such as "0644".
-func ParseMode(s string) (os.FileMode, error) {
-	v, err := strconv.ParseUint(s, 8, 32)
-	if err != nil || v > 0o777 {
-		return 0, fmt.Errorf("mode %q is not an octal permission such as \"0644\"", s)
-	}
-	return os.FileMode(v), nil
 }
 
 // replyField is a reply with its compiled groups, ready for per-rollout checks.
@@ -650,7 +649,7 @@ func (c *semanticChecker) checkReplies(rs []replyField, vars map[string]bool, da
 		if hasSteps == hasReply {
 			report(p, "a reply needs exactly one of steps, reply")
 		}
-		scope := tmplScope{fields: rolloutFields, vars: vars}
+		scope := tmplScope{fields: tmpl.RolloutFields(), vars: vars}
 		if _, msg, _ := checkTemplate(r.Match, scope); msg != "" {
 			if strings.Contains(msg, "defines no var") {
 				c.at(p+".match", "%s (rollout %q)", msg, rolloutID)
@@ -659,7 +658,7 @@ func (c *semanticChecker) checkReplies(rs []replyField, vars map[string]bool, da
 			}
 			continue
 		}
-		pattern, err := Render(p, r.Match, data)
+		pattern, err := tmpl.Render(p, r.Match, data)
 		if err != nil {
 			c.at(p+".match", "template fails for rollout %q: %v", rolloutID, cleanTemplateErr(err))
 			continue
@@ -678,7 +677,7 @@ func (c *semanticChecker) checkReplies(rs []replyField, vars map[string]bool, da
 				groups[n] = true
 			}
 		}
-		stepScope := tmplScope{fields: stepFields, vars: vars, groups: groups}
+		stepScope := tmplScope{fields: tmpl.StepFields(), vars: vars, groups: groups}
 		var texts []stringField
 		if hasReply {
 			texts = append(texts, stringField{p + ".reply", r.Reply})
@@ -691,7 +690,7 @@ func (c *semanticChecker) checkReplies(rs []replyField, vars map[string]bool, da
 			for k, tc := range st.ToolCalls {
 				tp := fmt.Sprintf("%s.tool_calls[%d]", sp, k)
 				if tc.Name != "" && !subTools[tc.Name] {
-					report(tp+".name", "sub tool %q is not defined (sub tools: tools and sub_tools)%s", tc.Name, toolHint(tc.Name, subTools))
+					report(tp+".name", "sub tool %q is not defined (sub tools: tools and sub_tools)%s", tc.Name, didYouMean(tc.Name, subTools))
 				}
 				collectArgStrings(tc.Arguments, tp+".arguments", &texts)
 			}
@@ -708,17 +707,6 @@ func (c *semanticChecker) checkReplies(rs []replyField, vars map[string]bool, da
 			}
 		}
 	}
-}
-
-func toolHint(name string, tools map[string]bool) string {
-	names := make([]string, 0, len(tools))
-	for t := range tools {
-		names = append(names, t)
-	}
-	if s := suggest(name, names); s != "" {
-		return fmt.Sprintf(" (did you mean %q?)", s)
-	}
-	return ""
 }
 
 func collectArgStrings(v any, path string, out *[]stringField) {

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/rlmrun/rlmrun/tunnel/wire"
 )
 
 // MaxTurnsMessage is what the sub-LLM is told when its tool rounds run out
@@ -264,4 +266,41 @@ func (l Lines) PrintLines() []string {
 		out = append(out, fmt.Sprintf("  [%d]: %s", i, it))
 	}
 	return out
+}
+
+// PromptsFromArgs reads llm_batch's prompts from a root tool call: one
+// positional list, or prompts=list, of strings. Anything else is the
+// caller's mistake (a *wire.BadRequest).
+func PromptsFromArgs(args []any, kwargs map[string]any) ([]string, error) {
+	var raw any
+	switch {
+	case len(args) > 0 && kwargs["prompts"] != nil:
+		return nil, wire.BadRequestf("%s received prompts twice.", wire.ReservedToolName)
+	case len(args) > 1:
+		return nil, wire.BadRequestf("%s expects a single prompts argument.", wire.ReservedToolName)
+	case len(args) == 1:
+		raw = args[0]
+	case kwargs["prompts"] != nil:
+		raw = kwargs["prompts"]
+	default:
+		return nil, wire.BadRequestf("%s requires a prompts argument.", wire.ReservedToolName)
+	}
+	for k := range kwargs {
+		if k != "prompts" {
+			return nil, wire.BadRequestf("%s does not accept extra keyword arguments: %s", wire.ReservedToolName, k)
+		}
+	}
+	list, ok := raw.([]any)
+	if !ok {
+		return nil, wire.BadRequestf("%s expects a list of prompts.", wire.ReservedToolName)
+	}
+	prompts := make([]string, len(list))
+	for i, p := range list {
+		s, ok := p.(string)
+		if !ok {
+			return nil, wire.BadRequestf("%s prompt at index %d must be a string.", wire.ReservedToolName, i)
+		}
+		prompts[i] = s
+	}
+	return prompts, nil
 }

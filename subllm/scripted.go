@@ -7,7 +7,7 @@ import (
 	"regexp"
 	"strconv"
 
-	"github.com/rlmrun/rlmrun/schema"
+	"github.com/rlmrun/rlmrun/internal/tmpl"
 )
 
 // Scripted answers sub-LLM requests from the spec's replies: the first reply
@@ -20,26 +20,52 @@ type Scripted struct {
 	data    map[string]any // vars, rollout, repeat
 }
 
+// Reply is a scripted conversation: its steps answer every prompt that
+// Match finds.
+type Reply struct {
+	// Match is a template over the rollout's data; rendered, a regular
+	// expression (RE2).
+	Match string
+	Steps []Step
+	// Where names the reply in the spec, for messages.
+	Where string
+}
+
+// Step is one scripted assistant turn; its strings are templates over the
+// step's data (tmpl.StepFields).
+type Step struct {
+	Content string
+	// HasContent says Content was given (an empty answer is one too).
+	HasContent bool
+	ToolCalls  []StepCall
+}
+
+// StepCall is a scripted tool call.
+type StepCall struct {
+	Name      string
+	Arguments map[string]any
+}
+
 type scriptedReply struct {
 	re    *regexp.Regexp
-	steps []schema.Step
+	steps []Step
 	path  string
 }
 
-// NewScripted prepares the replies of one rollout: its own first, then the
-// shared ones. Match patterns are templates over data.
-func NewScripted(replies []schema.Reply, data map[string]any) (*Scripted, error) {
+// NewScripted prepares the replies of one rollout, in the order they are
+// tried; data is the rollout's template data.
+func NewScripted(replies []Reply, data map[string]any) (*Scripted, error) {
 	s := &Scripted{data: data}
 	for _, r := range replies {
-		pat, err := schema.Render(r.Path+".match", r.Match, data)
+		pat, err := tmpl.Render(r.Where+".match", r.Match, data)
 		if err != nil {
-			return nil, fmt.Errorf("%s.match: %w", r.Path, err)
+			return nil, fmt.Errorf("%s.match: %w", r.Where, err)
 		}
 		re, err := regexp.Compile(pat)
 		if err != nil {
-			return nil, fmt.Errorf("%s.match: %w", r.Path, err)
+			return nil, fmt.Errorf("%s.match: %w", r.Where, err)
 		}
-		s.replies = append(s.replies, scriptedReply{re: re, steps: r.AllSteps(), path: r.Path})
+		s.replies = append(s.replies, scriptedReply{re: re, steps: r.Steps, path: r.Where})
 	}
 	return s, nil
 }
@@ -109,7 +135,7 @@ func (s *Scripted) Complete(ctx context.Context, req Request) (*Response, error)
 	where := fmt.Sprintf("%s.steps[%d]", reply.path, step)
 	msg := Message{Role: "assistant"}
 	if st.HasContent {
-		c, err := schema.Render(where+".content", st.Content, data)
+		c, err := tmpl.Render(where+".content", st.Content, data)
 		if err != nil {
 			return nil, fmt.Errorf("%s.content: %w", where, err)
 		}
@@ -140,7 +166,7 @@ func (s *Scripted) Complete(ctx context.Context, req Request) (*Response, error)
 func renderValue(where string, v any, data map[string]any) (any, error) {
 	switch x := v.(type) {
 	case string:
-		out, err := schema.Render(where, x, data)
+		out, err := tmpl.Render(where, x, data)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", where, err)
 		}

@@ -9,8 +9,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/rlmrun/rlmrun/schema"
 )
 
 func TestExtractBoxed(t *testing.T) {
@@ -30,10 +28,10 @@ func TestExtractBoxed(t *testing.T) {
 	}
 }
 
-func scripted(t testing.TB, replies ...schema.Reply) *Scripted {
+func scripted(t testing.TB, replies ...Reply) *Scripted {
 	t.Helper()
 	for i := range replies {
-		replies[i].Path = fmt.Sprintf("replies[%d]", i)
+		replies[i].Where = fmt.Sprintf("replies[%d]", i)
 	}
 	s, err := NewScripted(replies, map[string]any{"vars": map[string]string{"who": "world"}, "rollout": "r", "repeat": 1})
 	if err != nil {
@@ -44,11 +42,11 @@ func scripted(t testing.TB, replies ...schema.Reply) *Scripted {
 
 func TestScriptedStepsAndTemplates(t *testing.T) {
 	m := scripted(t,
-		schema.Reply{Match: `count (?P<word>\w+)`, Steps: []schema.Step{
-			{ToolCalls: []schema.ToolCall{{Name: "len", Arguments: map[string]any{"s": "{{ .groups.word }}", "n": 3}}}},
+		Reply{Match: `count (?P<word>\w+)`, Steps: []Step{
+			{ToolCalls: []StepCall{{Name: "len", Arguments: map[string]any{"s": "{{ .groups.word }}", "n": 3}}}},
 			{Content: `{{ .vars.who }}: \boxed{ {{- .tool_result -}} }`, HasContent: true},
 		}},
-		schema.Reply{Match: ".*", Reply: "fallback {{ .prompt }}"},
+		Reply{Match: ".*", Steps: []Step{{Content: "fallback {{ .prompt }}", HasContent: true}}},
 	)
 	ctx := context.Background()
 	user := []Message{{Role: "system", Content: "sys"}, {Role: "user", Content: "please count apples"}}
@@ -74,7 +72,7 @@ func TestScriptedStepsAndTemplates(t *testing.T) {
 }
 
 func TestScriptedUnmatchedPromptIsAnError(t *testing.T) {
-	m := scripted(t, schema.Reply{Match: "^only this$", Reply: "x"})
+	m := scripted(t, Reply{Match: "^only this$", Steps: []Step{{Content: "x", HasContent: true}}})
 	_, err := m.Complete(context.Background(), Request{Messages: []Message{{Role: "user", Content: "something else"}}})
 	if err == nil || !strings.Contains(err.Error(), `no scripted sub-LLM reply matches the prompt "something else"`) {
 		t.Fatalf("err = %v", err)
@@ -167,9 +165,9 @@ func TestBatchStagger(t *testing.T) {
 }
 
 func TestToolLoopAndMaxTurns(t *testing.T) {
-	m := scripted(t, schema.Reply{Match: "loop", Steps: []schema.Step{
-		{ToolCalls: []schema.ToolCall{{Name: "t"}}},
-		{ToolCalls: []schema.ToolCall{{Name: "t"}}},
+	m := scripted(t, Reply{Match: "loop", Steps: []Step{
+		{ToolCalls: []StepCall{{Name: "t"}}},
+		{ToolCalls: []StepCall{{Name: "t"}}},
 		{Content: `\boxed{ {{- .tool_result -}} }`, HasContent: true},
 	}})
 	calls := 0
@@ -238,7 +236,7 @@ func TestSummaryLines(t *testing.T) {
 // BenchmarkBatch100 runs llm_batch with 100 scripted prompts, stagger 0
 // (target: <= 20 ms).
 func BenchmarkBatch100(b *testing.B) {
-	m := scripted(b, schema.Reply{Match: `item (?P<n>\d+)`, Reply: `\boxed{ {{- .groups.n -}} }`})
+	m := scripted(b, Reply{Match: `item (?P<n>\d+)`, Steps: []Step{{Content: `\boxed{ {{- .groups.n -}} }`, HasContent: true}}})
 	prompts := make([]string, 100)
 	for i := range prompts {
 		prompts[i] = fmt.Sprintf("item %d", i)

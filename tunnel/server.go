@@ -31,6 +31,8 @@ import (
 
 	"github.com/hashicorp/yamux"
 	"golang.org/x/sync/semaphore"
+
+	"github.com/rlmrun/rlmrun/tunnel/wire"
 )
 
 // MaxBody is the largest request body the server reads.
@@ -102,17 +104,6 @@ type Rollout struct {
 	bytes    *semaphore.Weighted
 }
 
-// ToolError is a tool that failed (HTTP 500); a BadRequest is the caller's
-// fault (HTTP 400).
-type ToolError struct{ Msg string }
-
-func (e *ToolError) Error() string { return e.Msg }
-
-// BadRequest reports arguments a tool cannot take.
-type BadRequest struct{ Msg string }
-
-func (e *BadRequest) Error() string { return e.Msg }
-
 // Server is the interception server of one run.
 type Server struct {
 	limits Limits
@@ -132,15 +123,15 @@ func NewServer(limits Limits) *Server {
 	mux := http.NewServeMux()
 	tools := s.route(s.tool)
 	chat := s.route(s.chat)
-	mux.Handle("POST /rollout/{key}/v1/rlm/tools", tools)
-	mux.Handle("POST /rollout/{key}/v1/chat/completions", chat)
+	mux.Handle("POST /rollout/{key}"+wire.ToolsRoute, tools)
+	mux.Handle("POST /rollout/{key}"+wire.ChatRoute, chat)
 	// The same paths with another method: a JSON 405, not the mux's text.
 	notPost := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Allow", "POST")
 		fail(w, http.StatusMethodNotAllowed, "use POST")
 	})
-	mux.Handle("/rollout/{key}/v1/rlm/tools", notPost)
-	mux.Handle("/rollout/{key}/v1/chat/completions", notPost)
+	mux.Handle("/rollout/{key}"+wire.ToolsRoute, notPost)
+	mux.Handle("/rollout/{key}"+wire.ChatRoute, notPost)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusNotFound, "not found: %s", r.URL.Path)
 	})
@@ -250,10 +241,6 @@ func (s *Server) Close() error {
 	return nil
 }
 
-type errorBody struct {
-	Error string `json:"error"`
-}
-
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	b, err := json.Marshal(v)
 	if err != nil {
@@ -265,11 +252,11 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 func fail(w http.ResponseWriter, status int, format string, args ...any) {
-	writeJSON(w, status, errorBody{Error: fmt.Sprintf(format, args...)})
+	writeJSON(w, status, wire.ErrorResponse{Error: fmt.Sprintf(format, args...)})
 }
 
 // handlerFunc answers one authenticated request with its body.
-type handlerFunc func(w http.ResponseWriter, ctx context.Context, ro *Rollout, body []byte)
+type handlerFunc func(ctx context.Context, w http.ResponseWriter, ro *Rollout, body []byte)
 
 // route authenticates a request, waits for room in the rollout's and the
 // server's limits, reads the body and passes it on.
@@ -317,7 +304,7 @@ func (s *Server) route(h handlerFunc) http.Handler {
 			fail(w, http.StatusBadRequest, "read body: %v", err)
 			return
 		}
-		h(w, r.Context(), ro, body)
+		h(r.Context(), w, ro, body)
 	})
 }
 
@@ -364,20 +351,8 @@ func (s *Server) reserve(ctx context.Context, ro *Rollout, size int64) (func(), 
 	}, nil
 }
 
-type toolRequest struct {
-	ToolName      string         `json:"tool_name"`
-	Args          []any          `json:"args"`
-	Kwargs        map[string]any `json:"kwargs"`
-	Serialization string         `json:"serialization"`
-}
-
-type toolResponse struct {
-	Result     any      `json:"result"`
-	PrintLines []string `json:"print_lines,omitempty"`
-}
-
-func (s *Server) tool(w http.ResponseWriter, ctx context.Context, ro *Rollout, body []byte) {
-	var req toolRequest
+func (s *Server) tool(ctx context.Context, w http.ResponseWriter, ro *Rollout, body []byte) {
+	var req wire.ToolRequest
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
 	if err := dec.Decode(&req); err != nil {
@@ -405,13 +380,13 @@ func (s *Server) tool(w http.ResponseWriter, ctx context.Context, ro *Rollout, b
 		failWith(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, toolResponse{Result: res, PrintLines: lines})
+	writeJSON(w, http.StatusOK, wire.ToolResponse{Result: res, PrintLines: lines})
 }
 
 // failWith answers a tool's or the sub-LLM's error: 400 for a bad request
-// (a *BadRequest), 500 for anything else.
+// (a *wire.BadRequest), 500 for anything else.
 func failWith(w http.ResponseWriter, err error) {
-	var bad *BadRequest
+	var bad *wire.BadRequest
 	if errors.As(err, &bad) {
 		fail(w, http.StatusBadRequest, "%s", bad.Msg)
 		return
@@ -419,7 +394,7 @@ func failWith(w http.ResponseWriter, err error) {
 	fail(w, http.StatusInternalServerError, "%s", err.Error())
 }
 
-func (s *Server) chat(w http.ResponseWriter, ctx context.Context, ro *Rollout, body []byte) {
+func (s *Server) chat(ctx context.Context, w http.ResponseWriter, ro *Rollout, body []byte) {
 	if ro.Chat == nil {
 		fail(w, http.StatusNotFound, "this rollout has no sub-LLM")
 		return

@@ -18,6 +18,7 @@ import (
 	"github.com/hashicorp/yamux"
 
 	"github.com/rlmrun/rlmrun/backends/protocol"
+	"github.com/rlmrun/rlmrun/tunnel/wire"
 )
 
 func testServer(t *testing.T) (*Server, *httptest.Server) {
@@ -31,10 +32,10 @@ func testServer(t *testing.T) (*Server, *httptest.Server) {
 				return map[string]any{"args": args, "kwargs": kwargs}, []string{"printed"}, nil
 			},
 			"broken": func(context.Context, []any, map[string]any) (any, []string, error) {
-				return nil, nil, &ToolError{Msg: "tool broken failed: boom"}
+				return nil, nil, &wire.ToolError{Msg: "tool broken failed: boom"}
 			},
 			"picky": func(context.Context, []any, map[string]any) (any, []string, error) {
-				return nil, nil, &BadRequest{Msg: "picky() missing 1 required argument(s): 'x'"}
+				return nil, nil, &wire.BadRequest{Msg: "picky() missing 1 required argument(s): 'x'"}
 			},
 		},
 		Chat: func(_ context.Context, body []byte) (any, error) {

@@ -27,6 +27,8 @@ import (
 	"github.com/rlmrun/rlmrun/backends/protocol"
 	"github.com/rlmrun/rlmrun/backends/worker"
 	rlmfs "github.com/rlmrun/rlmrun/fs"
+	"github.com/rlmrun/rlmrun/tunnel"
+	"github.com/rlmrun/rlmrun/tunnel/wire"
 )
 
 // Options configure an agent.
@@ -66,7 +68,8 @@ type Agent struct {
 	env      []string
 	worker   *worker.Worker
 	spawned  chan *worker.Worker // the worker spawned at start, until start takes it
-	tunnel   net.Listener
+	tunnel   *tunnel.Loopback
+	base     string       // where the worker's routes live: the tunnel, or interception_url
 	toolPort net.Listener // the Bash tool functions' way in
 	done     bool
 	// reaper adopts what cells start, however it escapes the worker's
@@ -211,7 +214,7 @@ func (a *Agent) serve(ctx context.Context, stream *yamux.Stream) (shutdown bool)
 		go func(req protocol.Request) {
 			defer wg.Done()
 			defer stop()
-			r, err, bye := a.handle(rctx, req)
+			r, bye, err := a.handle(rctx, req)
 			reply(req.ID, r, err)
 			if bye {
 				exit.Store(true)
@@ -221,34 +224,34 @@ func (a *Agent) serve(ctx context.Context, stream *yamux.Stream) (shutdown bool)
 	}
 }
 
-// handle runs one control request.
-func (a *Agent) handle(ctx context.Context, req protocol.Request) (r protocol.Reply, err error, shutdown bool) {
+// handle runs one control request; bye says the agent should exit.
+func (a *Agent) handle(ctx context.Context, req protocol.Request) (r protocol.Reply, bye bool, err error) {
 	switch req.Op {
 	case protocol.OpHello:
 		host, _ := os.Hostname()
-		return protocol.Reply{Hello: &protocol.HelloReply{Version: protocol.Version, PID: os.Getpid(), UID: os.Getuid(), Hostname: host}}, nil, false
+		return protocol.Reply{Hello: &protocol.HelloReply{Version: protocol.Version, PID: os.Getpid(), UID: os.Getuid(), Hostname: host}}, false, nil
 	case protocol.OpInit:
-		return protocol.Reply{}, a.doInit(req.Init), false
+		return protocol.Reply{}, false, a.doInit(req.Init)
 	case protocol.OpStart:
 		d, err := a.startWorker(ctx, false)
-		return protocol.Reply{StartMS: ms(d)}, err, false
+		return protocol.Reply{StartMS: ms(d)}, false, err
 	case protocol.OpRestart:
 		d, err := a.startWorker(ctx, true)
-		return protocol.Reply{StartMS: ms(d)}, err, false
+		return protocol.Reply{StartMS: ms(d)}, false, err
 	case protocol.OpExec:
 		rep, err := a.doExec(ctx, req)
-		return protocol.Reply{Exec: rep}, err, false
+		return protocol.Reply{Exec: rep}, false, err
 	case protocol.OpAnswer:
 		ans, err := a.doAnswer(ctx)
-		return protocol.Reply{Answer: ans}, err, false
+		return protocol.Reply{Answer: ans}, false, err
 	case protocol.OpShutdown:
 		a.mu.Lock()
 		a.done = true
 		a.mu.Unlock()
 		a.cleanup()
-		return protocol.Reply{}, nil, true
+		return protocol.Reply{}, true, nil
 	}
-	return protocol.Reply{}, fmt.Errorf("unknown operation %q", req.Op), false
+	return protocol.Reply{}, false, fmt.Errorf("unknown operation %q", req.Op)
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
@@ -276,10 +279,13 @@ func (a *Agent) doInit(args *protocol.InitArgs) error {
 	if err := a.linkTools(); err != nil {
 		return err
 	}
+	a.base = args.BaseURL
 	if args.Tunnel {
-		if err := a.startTunnel(); err != nil {
+		lb, err := tunnel.ListenLoopback(func() (net.Conn, error) { return a.session.OpenStream() }, a.logger.Printf)
+		if err != nil {
 			return err
 		}
+		a.tunnel, a.base = lb, lb.URL()
 	}
 	if args.Language == "bash" && len(args.Tools) > 0 {
 		if err := a.startToolPort(); err != nil {
@@ -323,12 +329,12 @@ func (a *Agent) workerEnv() []string {
 	if _, ok := env["LANG"]; !ok {
 		env["LANG"] = "C.UTF-8"
 	}
-	env["RLM_WORKDIR"] = a.workdir
+	env[wire.EnvWorkdir] = a.workdir
 	if owner := os.Getenv("RLMRUN_OWNER"); owner != "" {
 		env["RLMRUN_OWNER"] = owner // see local.OwnerEnv
 	}
-	if urls := a.toolURLs(); urls != nil {
-		for k, v := range urls {
+	if a.base != "" {
+		for k, v := range wire.Env(a.base, a.init.RolloutKey, a.init.Secret, a.toolTimeout()) {
 			env[k] = v
 		}
 	}
@@ -337,7 +343,7 @@ func (a *Agent) workerEnv() []string {
 		names = append(names, t.Name)
 	}
 	if b, err := json.Marshal(names); err == nil {
-		env["RLM_ROOT_TOOL_NAMES"] = string(b)
+		env[wire.EnvRootToolNames] = string(b)
 	}
 	out := make([]string, 0, len(env))
 	for k, v := range env {
@@ -347,7 +353,7 @@ func (a *Agent) workerEnv() []string {
 	return out
 }
 
-func (a *Agent) doPut(ctx context.Context, body io.Reader, args *protocol.PutArgs) (*protocol.Stats, error) {
+func (a *Agent) doPut(ctx context.Context, body io.Reader, args *protocol.PutArgs) (*rlmfs.Stats, error) {
 	// The upload runs while the worker starts: it needs no lock beyond
 	// reading the working directory's path.
 	a.mu.Lock()
@@ -364,7 +370,7 @@ func (a *Agent) doPut(ctx context.Context, body io.Reader, args *protocol.PutArg
 	if err != nil {
 		return nil, fmt.Errorf("put: %w", err)
 	}
-	return &protocol.Stats{Files: st.Files, Dirs: st.Dirs, Bytes: st.Bytes, Skipped: st.Skipped}, nil
+	return &st, nil
 }
 
 func (a *Agent) doGet(ctx context.Context, w io.Writer) {
@@ -382,7 +388,7 @@ func (a *Agent) doGet(ctx context.Context, w io.Writer) {
 	// leave it silently short. Buffered: see client.call.
 	bw := bufio.NewWriterSize(w, 256<<10)
 	st, err := rlmfs.Pack(ctx, a.workdir, bw)
-	trailer := protocol.Reply{OK: true, Stats: &protocol.Stats{Files: st.Files, Dirs: st.Dirs, Bytes: st.Bytes, Skipped: st.Skipped}}
+	trailer := protocol.Reply{OK: true, Stats: &st}
 	var unreadable *rlmfs.UnreadableError
 	switch {
 	case errors.As(err, &unreadable):
@@ -424,7 +430,7 @@ func (a *Agent) startWorkerLocked(ctx context.Context, restart bool) (time.Durat
 	cfg := worker.Config{
 		Workdir:    a.workdir,
 		Env:        a.env,
-		FSMetadata: worker.FSMetadata{FileCount: a.init.FSFiles, TotalSize: a.init.FSBytes},
+		FSMetadata: a.init.FS,
 		ToolNames:  names,
 		Prelude:    a.bashToolFunctions(),
 	}
@@ -561,23 +567,4 @@ func (a *Agent) cleanup() {
 		// The root is removed when nothing else lives there.
 		_ = os.Remove(a.init.Root)
 	}
-}
-
-// StdioConn joins stdin and stdout into the agent's connection.
-type StdioConn struct {
-	In  io.ReadCloser
-	Out io.WriteCloser
-}
-
-func (c StdioConn) Read(p []byte) (int, error)  { return c.In.Read(p) }
-func (c StdioConn) Write(p []byte) (int, error) { return c.Out.Write(p) }
-
-// Close closes both halves.
-func (c StdioConn) Close() error {
-	err1 := c.In.Close()
-	err2 := c.Out.Close()
-	if err1 != nil {
-		return err1
-	}
-	return err2
 }

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/rlmrun/rlmrun/backends/toolcmd"
+	"github.com/rlmrun/rlmrun/tunnel/wire"
 )
 
 // Root tools reach the REPL two ways. Each is a command on PATH (a link to
@@ -30,7 +31,7 @@ import (
 
 // toolURL is the root-tool route the worker uses.
 func (a *Agent) toolURL() string {
-	return a.toolURLs()["RLM_ROOT_TOOL_URL"]
+	return wire.RolloutPrefix(a.base, a.init.RolloutKey) + wire.ToolsRoute
 }
 
 // toolTimeout bounds one tool call made from the REPL.
@@ -38,7 +39,7 @@ func (a *Agent) toolTimeout() time.Duration {
 	if a.init.ToolTimeoutMS > 0 {
 		return time.Duration(a.init.ToolTimeoutMS) * time.Millisecond
 	}
-	return 300 * time.Second
+	return wire.DefaultToolTimeout
 }
 
 // caller calls tools like the worker would, but through the session itself
@@ -162,10 +163,10 @@ func (a *Agent) bashToolFunctions() string {
     else __pos=$((__pos + 1)); fi
   done
   if ((__lines)) || ((__json && !__payload)); then __need=1; fi
-  if [[ $__n == llm_batch ]] && ((!__json && !__lines && __pos == 0)); then __need=1; fi
+  if [[ $__n == %s ]] && ((!__json && !__lines && __pos == 0)); then __need=1; fi
   if ((__need)); then IFS= builtin read -r -d '' __in; fi
   if ! { exec {__fd}<>/dev/tcp/127.0.0.1/%d; } 2>/dev/null; then command "$__n" "$@"; return; fi
-  builtin printf '%%s\0' "$RLM_SECRET" "$__n" "$#" "$@" >&$__fd
+  builtin printf '%%s\0' "$%s" "$__n" "$#" "$@" >&$__fd
   if ((__need)); then builtin printf '1\0%%s\0' "$__in" >&$__fd; else builtin printf '0\0' >&$__fd; fi
   IFS= builtin read -r -d '' __code <&$__fd
   IFS= builtin read -r -d '' __of <&$__fd
@@ -178,7 +179,7 @@ func (a *Agent) bashToolFunctions() string {
   builtin printf '%%s' "$__e" >&2
   return "$__code"
 }
-`, port)
+`, wire.ReservedToolName, port, wire.EnvSecret)
 	for _, t := range a.init.Tools {
 		fmt.Fprintf(&b, "%s() { __rlm_tool %s \"$@\"; }\n", t.Name, t.Name)
 	}

@@ -244,7 +244,7 @@ func (s *Session) Init(ctx context.Context, args protocol.InitArgs) error {
 }
 
 // Put uploads dir into the agent's working directory.
-func (s *Session) Put(ctx context.Context, dir string, lim protocol.PutArgs) (*protocol.Stats, error) {
+func (s *Session) Put(ctx context.Context, dir string, lim protocol.PutArgs) (*rlmfs.Stats, error) {
 	rep, err := s.call(ctx, protocol.Request{Op: protocol.OpPut, Put: &lim}, func(w io.Writer) error {
 		_, err := rlmfs.Pack(ctx, dir, w)
 		return err

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/rlmrun/rlmrun/backends"
-	"github.com/rlmrun/rlmrun/backends/agent"
 	"github.com/rlmrun/rlmrun/backends/client"
 	"github.com/rlmrun/rlmrun/backends/procs"
 )
@@ -59,10 +58,31 @@ func New(opts Options) (*Executor, error) {
 // their runner ("PID-START"): the agent passes it on to its worker.
 const OwnerEnv = "RLMRUN_OWNER"
 
-// StaleProcesses lists processes marked with OwnerEnv whose runner is gone:
-// what cells of a killed run left when no PID namespace could end them. A
-// process that cleared its environment is not found.
-func StaleProcesses() []int {
+// Root is where a rollout's directory lives: in the run's directory.
+func (e *Executor) Root(runDir, rolloutID string) string { return filepath.Join(runDir, rolloutID) }
+
+// Leftovers lists what local rollouts of killed runs left running: the
+// processes of cells that left their session when no PID namespace could
+// end them (a backends.Sweeper). They are known by OwnerEnv in their
+// environment; a process that cleared its environment is not found, and
+// processes are not told apart by run.
+func (e *Executor) Leftovers(ctx context.Context, runID string) ([]backends.Leftover, error) {
+	if runID != "" {
+		return nil, nil
+	}
+	var out []backends.Leftover
+	for _, pid := range staleProcesses() {
+		pid := pid
+		out = append(out, backends.Leftover{
+			What:   fmt.Sprintf("process %d left by a killed local run", pid),
+			Remove: func(context.Context) error { return syscall.Kill(pid, syscall.SIGKILL) },
+		})
+	}
+	return out, nil
+}
+
+// staleProcesses lists processes marked with OwnerEnv whose runner is gone.
+func staleProcesses() []int {
 	var out []int
 	dirs, _ := os.ReadDir("/proc")
 	for _, d := range dirs {
@@ -99,14 +119,14 @@ func (e *Executor) Name() string { return "local" }
 // process group (Ctrl-C reaches the runner, which ends it in order) and is
 // killed if the runner dies.
 func (e *Executor) Start(ctx context.Context, req backends.StartRequest) (*client.Session, *backends.Facts, error) {
-	proc, stdio, stderr, contained, err := e.startAgent(req)
+	proc, stdio, contained, err := e.startAgent(req)
 	if err != nil {
 		return nil, nil, err
 	}
 	sess, err := client.New(client.Options{
 		Conn:        stdio,
 		Close:       func(ctx context.Context) error { return proc.Stop(ctx, 3*time.Second) },
-		Diagnostics: stderr.String,
+		Diagnostics: stdio.Diagnostics,
 	})
 	if err != nil {
 		_ = proc.Stop(ctx, 0)
@@ -136,7 +156,7 @@ func (e *Executor) Start(ctx context.Context, req backends.StartRequest) (*clien
 
 // startAgent starts the agent process, in a PID namespace unless the
 // kernel refuses one.
-func (e *Executor) startAgent(req backends.StartRequest) (*procs.Proc, agent.StdioConn, *procs.Tail, bool, error) {
+func (e *Executor) startAgent(req backends.StartRequest) (*procs.Proc, procs.Stream, bool, error) {
 	for {
 		contain := !e.noNamespaces.Load()
 		// The agent's private files go next to the rollout's directory,
@@ -155,7 +175,7 @@ func (e *Executor) startAgent(req backends.StartRequest) (*procs.Proc, agent.Std
 		cmd.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8"}
 		if !contain {
 			// Without a namespace, what a killed run's cells left can only be
-			// found by this mark in their environment (StaleProcesses).
+			// found by this mark in their environment (Leftovers).
 			cmd.Env = append(cmd.Env, OwnerEnv+"="+e.owner)
 		}
 		stderr := procs.NewTail(8 << 10)
@@ -163,19 +183,19 @@ func (e *Executor) startAgent(req backends.StartRequest) (*procs.Proc, agent.Std
 		cmd.SysProcAttr = attr
 		stdin, err := cmd.StdinPipe()
 		if err != nil {
-			return nil, agent.StdioConn{}, nil, false, err
+			return nil, procs.Stream{}, false, err
 		}
 		stdout, err := cmd.StdoutPipe()
 		if err != nil {
-			return nil, agent.StdioConn{}, nil, false, err
+			return nil, procs.Stream{}, false, err
 		}
 		if err := cmd.Start(); err != nil {
 			if contain && procs.NamespaceRefused(err) {
 				e.noNamespaces.Store(true)
 				continue
 			}
-			return nil, agent.StdioConn{}, nil, false, fmt.Errorf("start agent %s: %w", e.opts.AgentPath, err)
+			return nil, procs.Stream{}, false, fmt.Errorf("start agent %s: %w", e.opts.AgentPath, err)
 		}
-		return procs.Watch(cmd), agent.StdioConn{In: stdout, Out: stdin}, stderr, contain, nil
+		return procs.Watch(cmd), procs.Stream{R: stdout, W: stdin, Stderr: stderr}, contain, nil
 	}
 }

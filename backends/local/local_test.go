@@ -167,7 +167,7 @@ func TestStaleProcessesFindsMarkedLeftovers(t *testing.T) {
 		}
 		defer func(c *exec.Cmd) { c.Process.Kill(); c.Wait() }(c)
 	}
-	got := StaleProcesses()
+	got := staleProcesses()
 	if !slices.Contains(got, dead.Process.Pid) || slices.Contains(got, live.Process.Pid) {
 		t.Fatalf("StaleProcesses() = %v; dead owner's %d, live owner's %d", got, dead.Process.Pid, live.Process.Pid)
 	}

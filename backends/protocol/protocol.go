@@ -1,9 +1,12 @@
 // Package protocol defines what the runner and `rlmrun agent` say to each
-// other. They share one yamux session over the agent's stdin/stdout: the
-// runner opens one stream per request, writes a JSON header line (and, for
-// `put`, a tar stream), and reads a JSON reply line (and, for `get`, a tar
-// stream). Streams the agent opens carry tunnelled HTTP connections from the
-// REPL worker to the runner's interception server.
+// other. They share one yamux session over the agent's stdin/stdout. Small
+// requests (hello, init, start, exec, answer, restart, shutdown) share one
+// long-lived control stream: a JSON request line with an id, answered by a
+// JSON reply line with the same id; a "cancel" line with a request's id
+// cancels it. put and get have a stream each: a JSON header line, then a
+// tar stream (put: the request's body; get: after the reply, followed by a
+// trailer line). Streams the agent opens carry tunnelled HTTP connections
+// from the REPL worker to the runner's interception server.
 package protocol
 
 import (
@@ -16,10 +19,12 @@ import (
 	"time"
 
 	"github.com/hashicorp/yamux"
+
+	rlmfs "github.com/rlmrun/rlmrun/fs"
 )
 
 // Version changes whenever the runner and the agent stop understanding each other.
-const Version = 1
+const Version = 2
 
 // Operations.
 const (
@@ -71,10 +76,9 @@ type InitArgs struct {
 	Secret     string `json:"secret,omitempty"`
 	// ToolTimeoutMS bounds one tool call made by the worker (HTTP timeout).
 	ToolTimeoutMS int64 `json:"tool_timeout_ms,omitempty"`
-	// FSFiles and FSBytes describe the uploaded working directory (Python's
-	// fs_metadata), so the worker can start while the upload runs.
-	FSFiles int   `json:"fs_files"`
-	FSBytes int64 `json:"fs_bytes"`
+	// FS describes the uploaded working directory (Python's fs_metadata),
+	// so the worker can start while the upload runs.
+	FS rlmfs.Metadata `json:"fs"`
 }
 
 // ToolInfo describes a root tool to the worker.
@@ -107,10 +111,10 @@ type Reply struct {
 	OK    bool   `json:"ok"`
 	Error string `json:"error,omitempty"`
 
-	Hello  *HelloReply `json:"hello,omitempty"`
-	Exec   *ExecReply  `json:"exec,omitempty"`
-	Answer *Answer     `json:"answer,omitempty"`
-	Stats  *Stats      `json:"stats,omitempty"`
+	Hello  *HelloReply  `json:"hello,omitempty"`
+	Exec   *ExecReply   `json:"exec,omitempty"`
+	Answer *Answer      `json:"answer,omitempty"`
+	Stats  *rlmfs.Stats `json:"stats,omitempty"`
 	// Start reports the worker's start-up (and restart) time.
 	StartMS float64 `json:"start_ms,omitempty"`
 }
@@ -121,14 +125,6 @@ type HelloReply struct {
 	PID      int    `json:"pid"`
 	UID      int    `json:"uid"`
 	Hostname string `json:"hostname"`
-}
-
-// Stats describes a transferred tree.
-type Stats struct {
-	Files   int      `json:"files"`
-	Dirs    int      `json:"dirs"`
-	Bytes   int64    `json:"bytes"`
-	Skipped []string `json:"skipped,omitempty"`
 }
 
 // Cell outcomes.

@@ -14,6 +14,8 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"path"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -21,7 +23,6 @@ import (
 	"github.com/rlmrun/rlmrun/backends"
 	"github.com/rlmrun/rlmrun/backends/client"
 	"github.com/rlmrun/rlmrun/backends/procs"
-	"github.com/rlmrun/rlmrun/schema"
 )
 
 // Labels rlmrun puts on every sandbox.
@@ -33,6 +34,40 @@ const (
 	LabelOwnerStart = "rlmrun.owner.start" // the runner's start time (clock ticks since boot)
 	LabelOwnerHost  = "rlmrun.owner.host"  // the runner's hostname
 )
+
+// Settings are what every provider's sandboxes get, from the spec's
+// backend.sandbox section; a provider's own settings (an image, a
+// namespace) are its Factory's to read.
+type Settings struct {
+	CPUCores    float64
+	MemoryBytes int64
+	DiskBytes   int64 // the working directory's room (its /tmp)
+	PIDs        int
+	// HostNetwork shares the host's network; otherwise only the tunnel
+	// reaches out.
+	HostNetwork bool
+	// Lifetime bounds a sandbox's life (0: no bound).
+	Lifetime time.Duration
+	// Labels are put on every sandbox, besides rlmrun's own.
+	Labels map[string]string
+	// CreateRetries is how often a failed create is retried.
+	CreateRetries int
+}
+
+// Factory makes a provider for a run. Config is the spec's backend.sandbox
+// section as JSON, defaults applied: the provider decodes the keys it owns.
+type Factory func(ctx context.Context, opts FactoryOptions) (Provider, error)
+
+// FactoryOptions are what a Factory gets.
+type FactoryOptions struct {
+	// AgentPath is the rlmrun binary the provider puts into sandboxes.
+	AgentPath string
+	// Config is the spec's backend.sandbox section (nil: defaults; for
+	// cleanup, which needs no settings).
+	Config []byte
+	// Progress receives progress a person may want to see (image pulls).
+	Progress io.Writer
+}
 
 // Provider creates and finds sandboxes.
 type Provider interface {
@@ -50,10 +85,10 @@ type Provider interface {
 
 // CreateRequest describes a sandbox.
 type CreateRequest struct {
-	// Name is a readable, unique name (rlmrun-RUN-ROLLOUT).
+	// Name is a readable, unique name (SandboxName).
 	Name string
-	// Settings are the spec's resources, network, env and image.
-	Settings schema.Sandbox
+	// Settings are the sandbox's resources and network.
+	Settings Settings
 	// Labels to put on the sandbox.
 	Labels map[string]string
 	// Root is the rollout's directory inside the sandbox; it must be writable
@@ -90,9 +125,8 @@ var ErrNotInstalled = errors.New("sandbox tool not installed")
 // Options configure the executor.
 type Options struct {
 	Provider Provider
-	// AgentPath is the rlmrun binary on this machine; providers put it into
-	// the sandbox (bind mount, archive copy).
-	AgentPath string
+	// Settings apply to every sandbox of the run.
+	Settings Settings
 	// Sleep waits between create attempts (tests shorten it).
 	Sleep func(ctx context.Context, d time.Duration) error
 }
@@ -149,16 +183,17 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 // Start creates the rollout's sandbox (with retries), starts the agent in it
 // and connects to it. Closing the session deletes the sandbox.
 func (e *Executor) Start(ctx context.Context, req backends.StartRequest) (*client.Session, *backends.Facts, error) {
+	set := e.opts.Settings
 	labels := map[string]string{LabelManaged: "true", LabelRun: req.RunID, LabelRollout: req.RolloutID}
 	for k, v := range e.owner {
 		labels[k] = v
 	}
-	for k, v := range req.Sandbox.Labels {
+	for k, v := range set.Labels {
 		labels[k] = v
 	}
 	creq := CreateRequest{
 		Name:     SandboxName(req.RunID, req.RolloutID),
-		Settings: req.Sandbox,
+		Settings: set,
 		Labels:   labels,
 		Root:     req.Root,
 	}
@@ -174,7 +209,7 @@ func (e *Executor) Start(ctx context.Context, req backends.StartRequest) (*clien
 			break
 		}
 		errs = append(errs, err.Error())
-		if errors.Is(err, ErrNotInstalled) || ctx.Err() != nil || attempt > req.Sandbox.CreateRetries {
+		if errors.Is(err, ErrNotInstalled) || ctx.Err() != nil || attempt > set.CreateRetries {
 			return nil, facts, fmt.Errorf("create %s sandbox (%d attempt(s)): %s", e.opts.Provider.Name(), attempt, strings.Join(errs, "; "))
 		}
 		if err := e.opts.Sleep(ctx, Backoff(attempt)); err != nil {
@@ -195,7 +230,7 @@ func (e *Executor) Start(ctx context.Context, req backends.StartRequest) (*clien
 	var life *time.Timer
 	var sess *client.Session
 	ready := make(chan struct{})
-	if d := req.Sandbox.Lifetime.Duration; d > 0 {
+	if d := set.Lifetime; d > 0 {
 		// The sandbox does not outlive its lifetime, whatever the rollout does.
 		life = time.AfterFunc(d, func() {
 			<-ready
@@ -306,9 +341,39 @@ func FindOrphans(ctx context.Context, p Provider, runID string) ([]Orphan, error
 	return out, nil
 }
 
-// AgentRoot is where a rollout's directory lives inside its sandbox: under
-// the sandbox's private /tmp, named like the local backend's, so the model
-// sees the same paths on every backend.
-func (e *Executor) AgentRoot(runID, rolloutID string) string {
-	return "/tmp/rlmrun-" + runID + "/" + rolloutID
+// Root is where a rollout's directory lives inside its sandbox: in the
+// sandbox's private /tmp, under the run directory's own name, so the model
+// sees the same paths as with the local backend.
+func (e *Executor) Root(runDir, rolloutID string) string {
+	return path.Join("/tmp", filepath.Base(runDir), rolloutID)
+}
+
+// Leftovers lists the sandboxes of killed runs (their owner is gone), and
+// what else the provider says those runs left (a backends.Sweeper).
+func (e *Executor) Leftovers(ctx context.Context, runID string) ([]backends.Leftover, error) {
+	return Leftovers(ctx, e.opts.Provider, runID)
+}
+
+// Leftovers is what killed runs left with provider p.
+func Leftovers(ctx context.Context, p Provider, runID string) ([]backends.Leftover, error) {
+	orphans, err := FindOrphans(ctx, p, runID)
+	if err != nil {
+		return nil, fmt.Errorf("list %s sandboxes: %w", p.Name(), err)
+	}
+	var out []backends.Leftover
+	for _, o := range orphans {
+		id := o.ID
+		out = append(out, backends.Leftover{
+			What:   fmt.Sprintf("%s sandbox %s (run %s)", p.Name(), id, o.Labels[LabelRun]),
+			Remove: func(ctx context.Context) error { return p.Remove(ctx, id) },
+		})
+	}
+	if sw, ok := p.(backends.Sweeper); ok {
+		more, err := sw.Leftovers(ctx, runID)
+		if err != nil {
+			return out, err
+		}
+		out = append(out, more...)
+	}
+	return out, nil
 }

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/rlmrun/rlmrun/backends"
-	"github.com/rlmrun/rlmrun/schema"
 )
 
 // failingProvider fails every Create.
@@ -42,14 +41,14 @@ func TestCreateRetries(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			p := &failingProvider{err: tc.err}
 			var waits []time.Duration
-			ex, err := NewExecutor(Options{Provider: p, Sleep: func(_ context.Context, d time.Duration) error {
+			ex, err := NewExecutor(Options{Provider: p, Settings: Settings{CreateRetries: tc.retries}, Sleep: func(_ context.Context, d time.Duration) error {
 				waits = append(waits, d)
 				return nil
 			}})
 			if err != nil {
 				t.Fatal(err)
 			}
-			_, facts, err := ex.Start(context.Background(), backends.StartRequest{RunID: "r", RolloutID: "x", Sandbox: schema.Sandbox{CreateRetries: tc.retries}})
+			_, facts, err := ex.Start(context.Background(), backends.StartRequest{RunID: "r", RolloutID: "x"})
 			if err == nil || !strings.Contains(err.Error(), tc.err.Error()) {
 				t.Fatalf("err = %v", err)
 			}

@@ -18,7 +18,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"time"
+
+	"github.com/rlmrun/rlmrun/tunnel/wire"
 )
 
 // modelMessage is an error whose text the model reads verbatim: the
@@ -66,7 +67,7 @@ func NeedsStdin(tool string, argv []string) bool {
 	if p.lines || (p.json && p.payload == nil) {
 		return true
 	}
-	return tool == "llm_batch" && !p.json && len(p.args) == 0
+	return tool == wire.ReservedToolName && !p.json && len(p.args) == 0
 }
 
 // Result is what a command prints and its exit status.
@@ -109,7 +110,7 @@ func Run(ctx context.Context, tool string, argv []string, stdin func() (string, 
 		}
 		return v, nil
 	}
-	if tool == "llm_batch" {
+	if tool == wire.ReservedToolName {
 		return runBatch(ctx, p, loadJSON, readStdin, call)
 	}
 	args := []any{}
@@ -142,80 +143,95 @@ func Run(ctx context.Context, tool string, argv []string, stdin func() (string, 
 }
 
 func runBatch(ctx context.Context, p parsed, loadJSON func() (any, error), readStdin func() (string, error), call Caller) Result {
-	var prompts any
+	prompts, err := batchPrompts(p, loadJSON, readStdin)
+	if err != nil {
+		return failure(err)
+	}
+	res, lines, err := call(ctx, wire.ReservedToolName, []any{prompts}, map[string]any{})
+	if err != nil {
+		return failure(err)
+	}
+	return Result{Stdout: formatBatch(res, lines)}
+}
+
+// batchPrompts reads llm_batch's prompts from its command line: --json
+// (a list, {"prompts": [...]} or {"args"/"kwargs"}), --lines (one per stdin
+// line), one JSON list argument, several arguments, or stdin.
+func batchPrompts(p parsed, loadJSON func() (any, error), readStdin func() (string, error)) (any, error) {
 	switch {
 	case p.json:
 		if len(p.args) > 0 {
-			return failure(modelMessage("llm_batch --json does not accept extra args."))
+			return nil, modelMessage("llm_batch --json does not accept extra args.")
 		}
 		data, err := loadJSON()
 		if err != nil {
-			return failure(err)
+			return nil, err
 		}
-		m, isMap := data.(map[string]any)
-		switch {
-		case isMap && m["prompts"] != nil:
-			prompts = m["prompts"]
-		case isMap && (m["args"] != nil || m["kwargs"] != nil):
-			args, kwargs, err := coerceArgsKwargs(data)
-			if err != nil {
-				return failure(err)
-			}
-			if kp, ok := kwargs["prompts"]; ok {
-				prompts = kp
-			} else if len(args) > 0 {
-				prompts = args
-			} else {
-				return failure(modelMessage("llm_batch --json requires 'prompts' or non-empty 'args'."))
-			}
-		default:
-			prompts = coercePrompts(data)
-		}
+		return jsonPrompts(data)
 	case p.lines:
 		s, err := readStdin()
 		if err != nil {
-			return failure(err)
+			return nil, err
 		}
 		lines := []any{}
 		for _, l := range splitLines(s) {
 			lines = append(lines, l)
 		}
-		prompts = lines
+		return lines, nil
 	case len(p.args) == 1:
 		raw := strings.TrimSpace(p.args[0])
 		if strings.HasPrefix(raw, "{") || strings.HasPrefix(raw, "[") {
 			if v, err := decodeJSON(raw); err == nil {
-				prompts = coercePrompts(v)
-				break
+				return coercePrompts(v), nil
 			}
 		}
-		prompts = []any{p.args[0]}
+		return []any{p.args[0]}, nil
 	case len(p.args) > 1:
 		list := make([]any, len(p.args))
 		for i, a := range p.args {
 			list[i] = a
 		}
-		prompts = list
-	default:
-		s, err := readStdin()
-		if err != nil {
-			return failure(err)
-		}
-		raw := strings.TrimSpace(s)
-		list := []any{}
-		if raw != "" {
-			if v, err := decodeJSON(raw); err == nil {
-				prompts = coercePrompts(v)
-				break
-			}
-			list = append(list, raw)
-		}
-		prompts = list
+		return list, nil
 	}
-	res, lines, err := call(ctx, "llm_batch", []any{prompts}, map[string]any{})
+	s, err := readStdin()
 	if err != nil {
-		return failure(err)
+		return nil, err
 	}
+	raw := strings.TrimSpace(s)
+	if raw == "" {
+		return []any{}, nil
+	}
+	if v, err := decodeJSON(raw); err == nil {
+		return coercePrompts(v), nil
+	}
+	return []any{raw}, nil
+}
+
+// jsonPrompts reads the prompts of `llm_batch --json PAYLOAD`.
+func jsonPrompts(data any) (any, error) {
+	m, isMap := data.(map[string]any)
+	switch {
+	case isMap && m["prompts"] != nil:
+		return m["prompts"], nil
+	case isMap && (m["args"] != nil || m["kwargs"] != nil):
+		args, kwargs, err := coerceArgsKwargs(data)
+		if err != nil {
+			return nil, err
+		}
+		if kp, ok := kwargs["prompts"]; ok {
+			return kp, nil
+		}
+		if len(args) > 0 {
+			return args, nil
+		}
+		return nil, modelMessage("llm_batch --json requires 'prompts' or non-empty 'args'.")
+	}
+	return coercePrompts(data), nil
+}
+
+// formatBatch prints a batch's answers as the reference did: its summary
+// lines, then per item a header with the item's summary and its content.
+func formatBatch(res any, lines []string) string {
 	var out strings.Builder
 	summary, perItem := splitBatchLines(lines)
 	printLines(&out, summary)
@@ -223,13 +239,13 @@ func runBatch(ctx context.Context, p parsed, loadJSON func() (any, error), readS
 	if !isList {
 		printLines(&out, lines)
 		printResult(&out, res)
-		return Result{Stdout: out.String()}
+		return out.String()
 	}
 	for i, item := range items {
 		if i > 0 {
 			out.WriteString("\n")
 		}
-		header := fmt.Sprintf("----- llm_batch[%d]", i)
+		header := fmt.Sprintf("----- %s[%d]", wire.ReservedToolName, i)
 		if meta, ok := perItem[i]; ok {
 			header += " (" + meta + ")"
 		}
@@ -243,7 +259,7 @@ func runBatch(ctx context.Context, p parsed, loadJSON func() (any, error), readS
 			out.WriteString("\n")
 		}
 	}
-	return Result{Stdout: out.String()}
+	return out.String()
 }
 
 // splitLines splits like Python's str.splitlines for \n and \r\n.
@@ -472,7 +488,7 @@ func HTTPCaller(client *http.Client, url, secret string) Caller {
 		if args == nil {
 			args = []any{}
 		}
-		body, err := json.Marshal(map[string]any{"tool_name": tool, "args": args, "kwargs": kwargs})
+		body, err := json.Marshal(wire.ToolRequest{ToolName: tool, Args: args, Kwargs: kwargs})
 		if err != nil {
 			return nil, nil, err
 		}
@@ -495,11 +511,7 @@ func HTTPCaller(client *http.Client, url, secret string) Caller {
 		if err != nil {
 			return nil, nil, err
 		}
-		var reply struct {
-			Result     any      `json:"result"`
-			PrintLines []string `json:"print_lines"`
-			Error      *string  `json:"error"`
-		}
+		var reply wire.ToolResponse
 		dec := json.NewDecoder(bytes.NewReader(raw))
 		dec.UseNumber()
 		if err := dec.Decode(&reply); err != nil {
@@ -513,13 +525,4 @@ func HTTPCaller(client *http.Client, url, secret string) Caller {
 		}
 		return reply.Result, reply.PrintLines, nil
 	}
-}
-
-// Timeout reads RLM_TOOL_TIMEOUT_MS.
-func Timeout(ms string) time.Duration {
-	n, err := strconv.Atoi(ms)
-	if err != nil || n <= 0 {
-		return 300 * time.Second
-	}
-	return time.Duration(n) * time.Millisecond
 }

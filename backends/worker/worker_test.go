@@ -10,6 +10,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/rlmrun/rlmrun/backends/protocol"
+	rlmfs "github.com/rlmrun/rlmrun/fs"
 )
 
 func startWorker(t testing.TB, lang string) (*Worker, string) {
@@ -26,7 +27,7 @@ func startWorker(t testing.TB, lang string) (*Worker, string) {
 	}, Config{
 		Workdir:    work,
 		Env:        []string{"PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8", "HOME=" + root},
-		FSMetadata: FSMetadata{FileCount: 0, TotalSize: 0},
+		FSMetadata: rlmfs.Metadata{},
 	})
 	if err != nil {
 		t.Fatal(err)

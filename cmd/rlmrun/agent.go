@@ -49,7 +49,7 @@ func agentCommand() *cli.Command {
 			}
 			self, _ := os.Executable()
 			err := agent.Run(ctx, agent.Options{
-				Conn:     agent.StdioConn{In: os.Stdin, Out: os.Stdout},
+				Conn:     procs.Stream{R: os.Stdin, W: os.Stdout},
 				Log:      os.Stderr,
 				Self:     self,
 				Language: c.String("language"),

@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"syscall"
+	"sort"
+	"time"
 
+	"github.com/rlmrun/rlmrun/backends"
 	"github.com/rlmrun/rlmrun/backends/local"
 	"github.com/rlmrun/rlmrun/backends/sandbox"
 	"github.com/rlmrun/rlmrun/backends/sandbox/bwrap"
@@ -14,6 +16,25 @@ import (
 	"github.com/rlmrun/rlmrun/runner"
 	"github.com/rlmrun/rlmrun/schema"
 )
+
+// providers are the sandbox providers this binary has, by the name a spec
+// gives them (backend.sandbox.provider). Adding one is a line here.
+func providers() map[string]sandbox.Factory {
+	return map[string]sandbox.Factory{
+		"bwrap":  bwrap.Factory,
+		"docker": docker.Factory,
+	}
+}
+
+// providerNames lists the providers, sorted.
+func providerNames() []string {
+	var names []string
+	for n := range providers() {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
 
 // backend is what a run needs from its backend, plus its cleanup.
 type backend interface {
@@ -38,7 +59,7 @@ func agentBinary(flag string) (string, error) {
 }
 
 // newBackend builds the spec's backend.
-func newBackend(spec *schema.Spec, agent string) (backend, error) {
+func newBackend(ctx context.Context, spec *schema.Spec, agent string) (backend, error) {
 	switch spec.Backend.Type {
 	case "local":
 		ex, err := local.New(local.Options{AgentPath: agent})
@@ -47,84 +68,87 @@ func newBackend(spec *schema.Spec, agent string) (backend, error) {
 		}
 		return localBackend{ex}, nil
 	case "sandbox":
-		p, err := newProvider(spec.Backend.Sandbox.Provider, agent)
+		name := spec.Backend.Sandbox.Provider
+		factory, ok := providers()[name]
+		if !ok {
+			return nil, fmt.Errorf("unknown sandbox provider %q", name)
+		}
+		p, err := factory(ctx, sandbox.FactoryOptions{AgentPath: agent, Config: runner.SandboxConfig(spec.Backend.Sandbox), Progress: os.Stderr})
 		if err != nil {
 			return nil, err
 		}
-		return sandbox.NewExecutor(sandbox.Options{Provider: p, AgentPath: agent})
+		return sandbox.NewExecutor(sandbox.Options{Provider: p, Settings: runner.SandboxSettings(spec.Backend.Sandbox)})
 	}
 	return nil, fmt.Errorf("unknown backend %q", spec.Backend.Type)
 }
 
-func newProvider(name, agent string) (sandbox.Provider, error) {
-	switch name {
-	case "bwrap":
-		return bwrap.New(bwrap.Options{AgentPath: agent})
-	case "docker":
-		return docker.New(context.Background(), docker.Options{AgentPath: agent, Progress: os.Stderr})
+// sweepers are every backend and provider that can find leftovers here:
+// the local backend, and each provider that is installed (a missing one
+// has nothing to find). close releases them.
+func sweepers(ctx context.Context) (list []backends.Sweeper, close func()) {
+	var closers []func() error
+	if ex, err := local.New(local.Options{}); err == nil {
+		list = append(list, ex)
 	}
-	return nil, fmt.Errorf("unknown sandbox provider %q", name)
+	for _, name := range providerNames() {
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		p, err := providers()[name](pctx, sandbox.FactoryOptions{})
+		cancel()
+		if err != nil {
+			continue
+		}
+		closers = append(closers, p.Close)
+		list = append(list, providerSweeper{p})
+	}
+	return list, func() {
+		for _, c := range closers {
+			_ = c()
+		}
+	}
+}
+
+// providerSweeper finds a provider's orphaned sandboxes and extras.
+type providerSweeper struct{ p sandbox.Provider }
+
+func (s providerSweeper) Leftovers(ctx context.Context, runID string) ([]backends.Leftover, error) {
+	return sandbox.Leftovers(ctx, s.p, runID)
 }
 
 // removeLeftovers removes what killed runs left behind (their run
-// directories and sandboxes; never a live run's). With dryRun it only lists
-// them. runID limits it to one run.
-func removeLeftovers(ctx context.Context, providers []sandbox.Provider, runID string, dryRun bool, out io.Writer) (int, error) {
-	n := 0
+// directories, and what the sweepers find; never a live run's). With dryRun
+// it only lists them. runID limits it to one run.
+func removeLeftovers(ctx context.Context, sws []backends.Sweeper, runID string, dryRun bool, out io.Writer) (int, error) {
+	var leftovers []backends.Leftover
+	for _, dir := range runner.StaleRunDirs(os.TempDir(), runID) {
+		leftovers = append(leftovers, backends.Leftover{
+			What:   "run directory " + dir,
+			Remove: func(context.Context) error { return os.RemoveAll(dir) },
+		})
+	}
 	var firstErr error
-	note := func(what string, err error) {
-		n++
-		verb := "removed"
-		if dryRun {
-			verb = "would remove"
-		}
+	for _, sw := range sws {
+		more, err := sw.Leftovers(ctx, runID)
 		if err != nil {
-			fmt.Fprintf(out, "failed to remove %s: %v\n", what, err)
+			fmt.Fprintf(out, "%v\n", err)
 			if firstErr == nil {
 				firstErr = err
 			}
-			return
 		}
-		fmt.Fprintf(out, "%s %s\n", verb, what)
+		leftovers = append(leftovers, more...)
 	}
-	if runID == "" {
-		for _, pid := range local.StaleProcesses() {
-			var err error
-			if !dryRun {
-				err = syscall.Kill(pid, syscall.SIGKILL)
-			}
-			note(fmt.Sprintf("process %d left by a killed local run", pid), err)
-		}
-	}
-	for _, dir := range runner.StaleRunDirs(os.TempDir(), runID) {
-		var err error
-		if !dryRun {
-			err = os.RemoveAll(dir)
-		}
-		note("run directory "+dir, err)
-	}
-	for _, p := range providers {
-		orphans, err := sandbox.FindOrphans(ctx, p, runID)
-		if err != nil {
-			fmt.Fprintf(out, "list %s sandboxes: %v\n", p.Name(), err)
+	for _, l := range leftovers {
+		if dryRun {
+			fmt.Fprintf(out, "would remove %s\n", l.What)
 			continue
 		}
-		for _, o := range orphans {
-			var err error
-			if !dryRun {
-				err = p.Remove(ctx, o.ID)
+		if err := l.Remove(ctx); err != nil {
+			fmt.Fprintf(out, "failed to remove %s: %v\n", l.What, err)
+			if firstErr == nil {
+				firstErr = err
 			}
-			note(fmt.Sprintf("%s sandbox %s (run %s)", p.Name(), o.ID, o.Labels[sandbox.LabelRun]), err)
+			continue
 		}
-		if bw, ok := p.(*bwrap.Provider); ok && runID == "" {
-			for _, f := range bw.StaleAgentCopies() {
-				var err error
-				if !dryRun {
-					err = bw.RemoveAgentCopy(f)
-				}
-				note("agent copy "+f, err)
-			}
-		}
+		fmt.Fprintf(out, "removed %s\n", l.What)
 	}
-	return n, firstErr
+	return len(leftovers), firstErr
 }

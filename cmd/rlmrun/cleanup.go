@@ -3,13 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
-	"time"
 
 	"github.com/urfave/cli/v2"
-
-	"github.com/rlmrun/rlmrun/backends/sandbox"
-	"github.com/rlmrun/rlmrun/backends/sandbox/bwrap"
-	"github.com/rlmrun/rlmrun/backends/sandbox/docker"
 )
 
 func cleanupCommand() *cli.Command {
@@ -31,17 +26,10 @@ EXAMPLES:
 			&cli.StringFlag{Name: "run", Usage: "only the leftovers of run `ID`"},
 		},
 		Action: func(c *cli.Context) error {
-			var providers []sandbox.Provider
-			if p, err := bwrap.New(bwrap.Options{}); err == nil {
-				providers = append(providers, p)
-			}
-			// Containers too, when a Docker daemon answers.
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			if p, err := docker.New(ctx, docker.Options{}); err == nil {
-				providers = append(providers, p)
-			}
-			n, err := removeLeftovers(context.Background(), providers, c.String("run"), c.Bool("dry-run"), c.App.Writer)
+			ctx := context.Background()
+			sws, closeAll := sweepers(ctx)
+			defer closeAll()
+			n, err := removeLeftovers(ctx, sws, c.String("run"), c.Bool("dry-run"), c.App.Writer)
 			if n == 0 {
 				fmt.Fprintln(c.App.Writer, "nothing to clean up")
 			}

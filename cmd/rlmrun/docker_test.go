@@ -13,7 +13,6 @@ import (
 	"github.com/rlmrun/rlmrun/backends/sandbox"
 	"github.com/rlmrun/rlmrun/backends/sandbox/docker"
 	"github.com/rlmrun/rlmrun/internal/testbin"
-	"github.com/rlmrun/rlmrun/schema"
 )
 
 const dockerTestImage = "rlmrun-test:latest"
@@ -22,7 +21,7 @@ func needDocker(t *testing.T) *docker.Provider {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	p, err := docker.New(ctx, docker.Options{AgentPath: rlmrunBin})
+	p, err := docker.New(ctx, docker.Options{AgentPath: rlmrunBin, Config: docker.Config{Image: dockerTestImage, Pull: "never"}})
 	testbin.Need(t, err == nil, fmt.Sprintf("a Docker daemon (%v)", err))
 	if exec.Command("docker", "image", "inspect", dockerTestImage).Run() != nil {
 		if out, err := exec.Command("../../scripts/docker-test-image", dockerTestImage).CombinedOutput(); err != nil {
@@ -136,6 +135,6 @@ func TestDockerCleanup(t *testing.T) {
 	}
 }
 
-func dockerSettings() schema.Sandbox {
-	return schema.Sandbox{Provider: "docker", Image: dockerTestImage, Pull: "never", CPUCores: 1, MemoryGB: 0.5, DiskSizeGB: 0.05, PIDs: 64, Network: "none", Lifetime: schema.Duration{Duration: time.Hour}}
+func dockerSettings() sandbox.Settings {
+	return sandbox.Settings{CPUCores: 1, MemoryBytes: 512 << 20, DiskBytes: 50 << 20, PIDs: 64, Lifetime: time.Hour}
 }

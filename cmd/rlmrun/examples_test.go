@@ -126,11 +126,7 @@ func TestInterruptedRunExitCode(t *testing.T) {
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
 			}
-			deadline := time.Now().Add(20 * time.Second)
-			for len(testbin.Procs(marker)) == 0 && time.Now().Before(deadline) {
-				time.Sleep(20 * time.Millisecond)
-			}
-			if len(testbin.Procs(marker)) == 0 {
+			if !testbin.Within(20*time.Second, func() bool { return len(testbin.Procs(marker)) > 0 }) {
 				_ = cmd.Process.Kill()
 				t.Fatalf("the slow cell never started\n%s", stderr.String())
 			}

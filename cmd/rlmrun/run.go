@@ -12,12 +12,13 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/rlmrun/rlmrun/backends/sandbox"
+	"github.com/rlmrun/rlmrun/backends"
 	"github.com/rlmrun/rlmrun/internal/atomicfile"
 	"github.com/rlmrun/rlmrun/internal/safetext"
 	"github.com/rlmrun/rlmrun/runner"
@@ -73,10 +74,14 @@ func applyOverrides(c *cli.Context, spec *schema.Spec) error {
 			return fmt.Errorf("--backend must be local or sandbox, got %q", b)
 		}
 		spec.Backend.Type = b
+		if b == "local" {
+			// A local worker always reaches its tools through the tunnel.
+			spec.Backend.InterceptionURL = ""
+		}
 	}
 	if p := c.String("provider"); p != "" {
-		if p != "bwrap" && p != "docker" {
-			return fmt.Errorf("--provider must be bwrap or docker, got %q", p)
+		if _, ok := providers()[p]; !ok {
+			return fmt.Errorf("--provider must be one of %s, got %q", strings.Join(providerNames(), ", "), p)
 		}
 		spec.Backend.Sandbox.Provider = p
 		if c.String("backend") == "" {
@@ -119,119 +124,189 @@ func filterFunc(globs []string) (func(string) bool, error) {
 }
 
 func runAction(c *cli.Context) error {
+	plan, err := prepareRun(c)
+	if err != nil || plan == nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	be, err := startBackend(ctx, c, plan.spec)
+	if err != nil {
+		return withCode(exitFailed, err)
+	}
+	defer be.Close()
+	sig := watchSignals(ctx, cancel, c.App.ErrWriter)
+	defer sig.stop()
+
+	table := c.App.Writer
+	if c.Bool("json") {
+		table = c.App.ErrWriter
+	}
+	prog := newProgress(c.App.ErrWriter, plan.total, c.Bool("quiet"), isTerminal(c.App.ErrWriter))
+	start := time.Now()
+	rep, err := runner.Run(ctx, runner.Options{
+		Spec:            plan.spec,
+		Backend:         be,
+		OutDir:          c.String("out-dir"),
+		OutputFile:      c.String("output"),
+		Concurrency:     c.Int("concurrency"),
+		Filter:          plan.filter,
+		Drain:           sig.drain,
+		OnStart:         prog.started,
+		OnResult:        prog.finished,
+		InterceptionURL: plan.spec.Backend.InterceptionURL,
+	})
+	prog.close()
+	if err != nil && rep == nil {
+		return withCode(exitFailed, err)
+	}
+	var problems []string
+	if err != nil {
+		problems = append(problems, err.Error())
+	}
+	out, rerr := writeReports(c, table, plan.spec, rep, time.Since(start))
+	problems = append(problems, rerr...)
+	return exitCode(rep, sig.got(), problems, out.goldenDiffs)
+}
+
+// runPlan is a validated `rlmrun run`: its spec (overrides applied), which
+// rollouts run, and how many.
+type runPlan struct {
+	file   string
+	spec   *schema.Spec
+	filter func(string) bool
+	total  int
+}
+
+// prepareRun checks the command line and the spec, and every report path,
+// before anything runs. A nil plan with a nil error means there is nothing
+// to run (--dry-run printed the plan).
+func prepareRun(c *cli.Context) (*runPlan, error) {
 	if c.NArg() != 1 {
-		return withCode(exitUsage, fmt.Errorf("run needs exactly one SPEC file, got %d (see rlmrun run --help)", c.NArg()))
+		return nil, withCode(exitUsage, fmt.Errorf("run needs exactly one SPEC file, got %d (see rlmrun run --help)", c.NArg()))
 	}
 	file := c.Args().First()
 	spec, err := schema.Load(file)
 	if err != nil {
 		fmt.Fprintln(c.App.ErrWriter, safetext.Lines(err.Error()))
-		return withCode(exitUsage, fmt.Errorf("%s is invalid", file))
+		return nil, withCode(exitUsage, fmt.Errorf("%s is invalid", file))
 	}
 	if err := applyOverrides(c, spec); err != nil {
-		return withCode(exitUsage, err)
+		return nil, withCode(exitUsage, err)
 	}
 	filter, err := filterFunc(c.StringSlice("filter"))
 	if err != nil {
-		return withCode(exitUsage, err)
+		return nil, withCode(exitUsage, err)
 	}
 	if c.Bool("dry-run") {
 		printPlan(c, file, spec)
-		return nil
+		return nil, nil
 	}
 	reports := map[string]string{"--output": c.String("output"), "--junit": c.String("junit")}
 	if c.Bool("update-golden") {
 		reports["--golden"] = c.String("golden")
 	}
 	if err := checkReports(spec, reports); err != nil {
-		return withCode(exitUsage, err)
+		return nil, withCode(exitUsage, err)
 	}
-	total := 0
+	plan := &runPlan{file: file, spec: spec, filter: filter}
 	for _, in := range spec.ExpandedRollouts() {
 		if filter == nil || filter(in.ID) {
-			total++
+			plan.total++
 		}
 	}
-	if total == 0 {
-		return withCode(exitUsage, fmt.Errorf("--filter matches no rollout of %s", file))
+	if plan.total == 0 {
+		return nil, withCode(exitUsage, fmt.Errorf("--filter matches no rollout of %s", file))
 	}
+	return plan, nil
+}
+
+// startBackend builds the spec's backend and first removes what killed
+// runs left with it (never a live run's things).
+func startBackend(ctx context.Context, c *cli.Context, spec *schema.Spec) (backend, error) {
 	agent, err := agentBinary(c.String("agent-binary"))
 	if err != nil {
-		return withCode(exitFailed, err)
+		return nil, err
 	}
-	backend, err := newBackend(spec, agent)
+	be, err := newBackend(ctx, spec, agent)
 	if err != nil {
-		return withCode(exitFailed, err)
+		return nil, err
 	}
-	defer backend.Close()
-	// What killed runs left behind goes first; a live run's things are
-	// never touched.
-	var providers []sandbox.Provider
-	if ex, ok := backend.(*sandbox.Executor); ok {
-		providers = append(providers, ex.Provider())
+	if sw, ok := be.(backends.Sweeper); ok {
+		var buf strings.Builder
+		if n, _ := removeLeftovers(ctx, []backends.Sweeper{sw}, "", false, &buf); n > 0 {
+			fmt.Fprint(c.App.ErrWriter, "rlmrun: cleaned up after a killed run:\n"+buf.String())
+		}
 	}
-	var buf strings.Builder
-	if n, _ := removeLeftovers(context.Background(), providers, "", false, &buf); n > 0 {
-		fmt.Fprint(c.App.ErrWriter, "rlmrun: cleaned up after a killed run:\n"+buf.String())
-	}
+	return be, nil
+}
 
-	// Ctrl-C once drains (no new rollouts), twice cancels; SIGTERM cancels.
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	drain := make(chan struct{})
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
-	defer signal.Stop(sigs)
-	var got os.Signal
+// signals follows Ctrl-C and SIGTERM during a run: Ctrl-C once drains (no
+// new rollouts), twice cancels; SIGTERM cancels.
+type signals struct {
+	drain chan struct{}
+	stop  func()
+	mu    sync.Mutex
+	last  os.Signal
+}
+
+func (s *signals) got() os.Signal {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.last
+}
+
+func watchSignals(ctx context.Context, cancel context.CancelFunc, w io.Writer) *signals {
+	s := &signals{drain: make(chan struct{})}
+	ch := make(chan os.Signal, 4)
+	signal.Notify(ch, os.Interrupt, syscall.SIGTERM)
+	done := make(chan struct{})
+	s.stop = func() {
+		signal.Stop(ch)
+		close(done)
+	}
 	go func() {
 		drained := false
 		for {
 			select {
-			case s := <-sigs:
-				got = s
-				if s == os.Interrupt && !drained {
+			case sig := <-ch:
+				s.mu.Lock()
+				s.last = sig
+				s.mu.Unlock()
+				if sig == os.Interrupt && !drained {
 					drained = true
-					close(drain)
-					fmt.Fprintln(c.App.ErrWriter, "\nrlmrun: interrupted: no new rollouts; running ones finish (Ctrl-C again to cancel them)")
+					close(s.drain)
+					fmt.Fprintln(w, "\nrlmrun: interrupted: no new rollouts; running ones finish (Ctrl-C again to cancel them)")
 					continue
 				}
 				if !drained {
-					close(drain)
+					close(s.drain)
 				}
-				fmt.Fprintf(c.App.ErrWriter, "\nrlmrun: %v: cancelling running rollouts, cleaning up...\n", s)
+				fmt.Fprintf(w, "\nrlmrun: %v: cancelling running rollouts, cleaning up...\n", sig)
 				cancel()
 				return
 			case <-ctx.Done():
 				return
+			case <-done:
+				return
 			}
 		}
 	}()
+	return s
+}
 
-	table := c.App.Writer
-	if c.Bool("json") {
-		table = c.App.ErrWriter
-	}
-	prog := newProgress(c.App.ErrWriter, total, c.Bool("quiet"), isTerminal(c.App.ErrWriter))
-	start := time.Now()
-	rep, err := runner.Run(ctx, runner.Options{
-		Spec:        spec,
-		Backend:     backend,
-		OutDir:      c.String("out-dir"),
-		OutputFile:  c.String("output"),
-		Concurrency: c.Int("concurrency"),
-		Filter:      filter,
-		Drain:       drain,
-		OnStart:     prog.started,
-		OnResult:    prog.finished,
-	})
-	prog.close()
-	elapsed := time.Since(start)
-	if err != nil && rep == nil {
-		return withCode(exitFailed, err)
-	}
-	digest, derr := runner.Digest(rep.Results)
-	if derr != nil {
-		return withCode(exitFailed, derr)
+// reportsOut says what writeReports found.
+type reportsOut struct{ goldenDiffs int }
+
+// writeReports prints the summary and the digest, and writes the JUnit
+// report, the golden file or its comparison, and the --json summary. It
+// returns the problems met doing so.
+func writeReports(c *cli.Context, table io.Writer, spec *schema.Spec, rep *runner.Report, elapsed time.Duration) (reportsOut, []string) {
+	var out reportsOut
+	var problems []string
+	digest, err := runner.Digest(rep.Results)
+	if err != nil {
+		return out, []string{err.Error()}
 	}
 	if c.Bool("quiet") {
 		fmt.Fprintln(table, runner.SummaryLine(rep))
@@ -240,56 +315,64 @@ func runAction(c *cli.Context) error {
 		runner.WriteSummary(table, rep)
 	}
 	fmt.Fprintf(table, "digest: %s\n", digest)
-
-	failed := rep.Failed()
-	var problems []string
-	if err != nil {
-		problems = append(problems, err.Error())
-	}
 	if jf := c.String("junit"); jf != "" {
 		if werr := atomicfile.Write(jf, func(w io.Writer) error { return runner.WriteJUnit(w, spec.Name, rep, elapsed.Seconds()) }); werr != nil {
 			problems = append(problems, werr.Error())
 		}
 	}
-	goldenDiffs := 0
 	if gf := c.String("golden"); gf != "" && !rep.Interrupted {
-		if c.Bool("update-golden") {
-			if werr := runner.WriteGolden(gf, rep.Results); werr != nil {
-				problems = append(problems, werr.Error())
-			} else {
-				fmt.Fprintf(table, "golden: wrote %s\n", gf)
-			}
-		} else {
-			diffs, gerr := runner.CompareGolden(gf, rep.Results)
-			switch {
-			case gerr != nil:
-				problems = append(problems, gerr.Error())
-			case len(diffs) > 0:
-				goldenDiffs = len(diffs)
-				fmt.Fprintf(table, "golden: %d difference(s) from %s:\n", len(diffs), gf)
-				for _, d := range diffs {
-					fmt.Fprintf(table, "  %s\n", d)
-				}
-			default:
-				fmt.Fprintf(table, "golden: matches %s\n", gf)
-			}
+		diffs, err := golden(table, gf, c.Bool("update-golden"), rep)
+		if err != nil {
+			problems = append(problems, err.Error())
 		}
+		out.goldenDiffs = diffs
 	}
 	if c.Bool("json") {
-		if jerr := writeJSONSummary(c.App.Writer, spec, rep, digest, elapsed, goldenDiffs); jerr != nil {
+		if jerr := writeJSONSummary(c.App.Writer, spec, rep, digest, elapsed, out.goldenDiffs); jerr != nil {
 			problems = append(problems, jerr.Error())
 		}
 	}
+	return out, problems
+}
+
+// golden writes the golden file (update) or compares the run with it,
+// printing the differences; it returns how many there were.
+func golden(w io.Writer, file string, update bool, rep *runner.Report) (int, error) {
+	if update {
+		if err := runner.WriteGolden(file, rep.Results); err != nil {
+			return 0, err
+		}
+		fmt.Fprintf(w, "golden: wrote %s\n", file)
+		return 0, nil
+	}
+	diffs, err := runner.CompareGolden(file, rep.Results)
+	if err != nil {
+		return 0, err
+	}
+	if len(diffs) == 0 {
+		fmt.Fprintf(w, "golden: matches %s\n", file)
+		return 0, nil
+	}
+	fmt.Fprintf(w, "golden: %d difference(s) from %s:\n", len(diffs), file)
+	for _, d := range diffs {
+		fmt.Fprintf(w, "  %s\n", d)
+	}
+	return len(diffs), nil
+}
+
+// exitCode is the run's exit: interrupted (130, 143 for SIGTERM), failed
+// (1: a problem, a rollout that did not pass, a golden difference), or 0.
+func exitCode(rep *runner.Report, sig os.Signal, problems []string, goldenDiffs int) error {
 	switch {
 	case rep.Interrupted:
 		code := exitInterrupted
-		if got == syscall.SIGTERM {
+		if sig == syscall.SIGTERM {
 			code = 128 + int(syscall.SIGTERM)
 		}
 		return withCode(code, errors.New("interrupted; results of finished rollouts were kept"))
 	case len(problems) > 0:
 		return withCode(exitFailed, errors.New(strings.Join(problems, "; ")))
-	case failed || goldenDiffs > 0:
+	case rep.Failed() || goldenDiffs > 0:
 		return withCode(exitFailed, nil)
 	}
 	return nil

@@ -329,7 +329,7 @@ func TestBackendOverrides(t *testing.T) {
 	if len(digests) != 1 {
 		t.Errorf("digests differ across backends: %v", digests)
 	}
-	if code, _, stderr := runCLI(t, "run", "--provider", "vm", spec); code != exitUsage || !strings.Contains(stderr, "--provider must be bwrap or docker") {
+	if code, _, stderr := runCLI(t, "run", "--provider", "vm", spec); code != exitUsage || !strings.Contains(stderr, "--provider must be one of bwrap, docker") {
 		t.Errorf("bad provider: exit %d\n%s", code, stderr)
 	}
 	if code, _, stderr := runCLI(t, "run", "--backend", "cloud", spec); code != exitUsage || !strings.Contains(stderr, "--backend must be local or sandbox") {

@@ -26,13 +26,7 @@ func sandboxSpec(t *testing.T, dir, marker string) string {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testbin.Eventually(t, what, 20*time.Second, cond)
 }
 
 // TestSIGKILLLeavesNoProcessAndCleanupFindsTheRest kills a sandboxed run

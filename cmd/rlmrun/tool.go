@@ -12,17 +12,18 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/rlmrun/rlmrun/backends/toolcmd"
+	"github.com/rlmrun/rlmrun/tunnel/wire"
 )
 
 // toolName reports the root tool this process was started as: inside a
 // REPL, every root tool is a link to this binary named after the tool.
 func toolName(argv0 string, getenv func(string) string) (string, bool) {
 	name := filepath.Base(argv0)
-	if name == "rlmrun" || getenv("RLM_ROOT_TOOL_URL") == "" {
+	if name == "rlmrun" || getenv(wire.EnvRootToolURL) == "" {
 		return "", false
 	}
 	var names []string
-	if json.Unmarshal([]byte(getenv("RLM_ROOT_TOOL_NAMES")), &names) != nil {
+	if json.Unmarshal([]byte(getenv(wire.EnvRootToolNames)), &names) != nil {
 		return "", false
 	}
 	for _, n := range names {
@@ -35,8 +36,8 @@ func toolName(argv0 string, getenv func(string) string) (string, bool) {
 
 // runTool runs one root-tool command line from the REPL's environment.
 func runTool(name string, argv []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	client := &http.Client{Timeout: toolcmd.Timeout(os.Getenv("RLM_TOOL_TIMEOUT_MS"))}
-	call := toolcmd.HTTPCaller(client, os.Getenv("RLM_ROOT_TOOL_URL"), os.Getenv("RLM_SECRET"))
+	client := &http.Client{Timeout: wire.ToolTimeout(os.Getenv(wire.EnvToolTimeoutMS))}
+	call := toolcmd.HTTPCaller(client, os.Getenv(wire.EnvRootToolURL), os.Getenv(wire.EnvSecret))
 	read := func() (string, error) {
 		b, err := io.ReadAll(stdin)
 		return string(b), err

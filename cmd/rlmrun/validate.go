@@ -8,6 +8,7 @@ import (
 
 	"github.com/rlmrun/rlmrun/internal/safetext"
 	"github.com/rlmrun/rlmrun/schema"
+	"github.com/rlmrun/rlmrun/tunnel/wire"
 )
 
 func validateCommand() *cli.Command {
@@ -79,22 +80,15 @@ EXAMPLE:
 }
 
 // toolNames returns the root and sub tool lists as the REPL and the sub-LLMs
-// see them: llm_batch first, then shared, then role-only, de-duplicated.
+// see them: llm_batch first, then the spec's (schema.Spec.ToolLists).
 func toolNames(s *schema.Spec) (root, sub []string) {
-	seen := map[string]bool{schema.ReservedToolName: true}
-	root = []string{schema.ReservedToolName}
-	for _, t := range append(append([]schema.Tool{}, s.Tools...), s.RootTools...) {
-		if !seen[t.Name] {
-			seen[t.Name] = true
-			root = append(root, t.Name)
-		}
+	rootTools, subTools := s.ToolLists()
+	root = []string{wire.ReservedToolName}
+	for _, t := range rootTools {
+		root = append(root, t.Name)
 	}
-	seen = map[string]bool{}
-	for _, t := range append(append([]schema.Tool{}, s.Tools...), s.SubTools...) {
-		if !seen[t.Name] {
-			seen[t.Name] = true
-			sub = append(sub, t.Name)
-		}
+	for _, t := range subTools {
+		sub = append(sub, t.Name)
 	}
 	return root, sub
 }

@@ -8,12 +8,19 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"time"
 )
+
+// BuildTags are the tags rlmrun is built with: urfave_cli_no_docs leaves
+// out the CLI library's man-page and Markdown generators (blackfriday, whose
+// initialisation every agent and tool process would pay); --help is the
+// same.
+const BuildTags = "urfave_cli_no_docs"
 
 // Build compiles rlmrun as a static binary into dir and returns its path.
 func Build(dir string) (string, error) {
 	out := filepath.Join(dir, "rlmrun")
-	cmd := exec.Command("go", "build", "-o", out, "github.com/rlmrun/rlmrun/cmd/rlmrun")
+	cmd := exec.Command("go", "build", "-tags", BuildTags, "-o", out, "github.com/rlmrun/rlmrun/cmd/rlmrun")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build rlmrun: %v\n%s", err, strings.TrimSpace(string(b)))
@@ -89,4 +96,28 @@ func NeedForPackage(ok bool, what string) {
 	}
 	fmt.Printf("SKIP: %s is not available (scripts/test installs it)\n", what)
 	os.Exit(0)
+}
+
+// Within polls cond every 20 ms until it holds (true) or timeout passes
+// (false).
+func Within(timeout time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return true
+}
+
+// Eventually is Within that fails the test, naming what it waited for.
+func Eventually(t interface {
+	Helper()
+	Fatalf(string, ...any)
+}, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	if !Within(timeout, cond) {
+		t.Fatalf("timed out after %s waiting for %s", timeout, what)
+	}
 }

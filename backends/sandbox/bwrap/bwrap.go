@@ -22,6 +22,7 @@ import (
 
 	"github.com/hashicorp/go-multierror"
 
+	"github.com/rlmrun/rlmrun/backends"
 	"github.com/rlmrun/rlmrun/backends/procs"
 	"github.com/rlmrun/rlmrun/backends/sandbox"
 	"github.com/rlmrun/rlmrun/internal/ownerdir"
@@ -253,7 +254,7 @@ func (p *Provider) Create(ctx context.Context, req sandbox.CreateRequest) (sandb
 	}
 	if p.cg != nil {
 		procs, err := p.cg.create(b.id, limits{
-			memoryBytes: int64(req.Settings.MemoryGB * (1 << 30)),
+			memoryBytes: req.Settings.MemoryBytes,
 			pids:        req.Settings.PIDs,
 			cpuCores:    req.Settings.CPUCores,
 		})
@@ -294,7 +295,7 @@ func (b *box) bwrapArgs(argv []string) []string {
 		"--uid", strconv.Itoa(sandboxUID), "--gid", strconv.Itoa(sandboxGID),
 		"--hostname", "rlmrun",
 	}
-	if s.Network == "host" {
+	if s.HostNetwork {
 		args = append(args, "--share-net")
 	}
 	args = append(args, "--ro-bind", "/usr", "/usr")
@@ -322,7 +323,7 @@ func (b *box) bwrapArgs(argv []string) []string {
 	args = append(args,
 		"--proc", "/proc",
 		"--dev", "/dev",
-		"--perms", "1777", "--size", strconv.FormatInt(int64(s.DiskSizeGB*(1<<30)), 10), "--tmpfs", "/tmp",
+		"--perms", "1777", "--size", strconv.FormatInt(s.DiskBytes, 10), "--tmpfs", "/tmp",
 		"--ro-bind", b.p.agent, sandbox.AgentPathInside,
 		"--chdir", "/tmp",
 		"--",
@@ -385,7 +386,7 @@ func (b *box) Start(ctx context.Context, argv []string) (sandbox.Process, error)
 		<-b.proc.Exited()
 		return nil, fmt.Errorf("sandbox state: %w", err)
 	}
-	return &process{in: stdin, out: stdout, stderr: stderr}, nil
+	return procs.Stream{R: stdout, W: stdin, Stderr: stderr}, nil
 }
 
 // dataFileNames are the sandbox's /etc files, in descriptor order.
@@ -428,23 +429,8 @@ func (b *box) rlimits() string {
 		return ""
 	}
 	s := b.req.Settings
-	return fmt.Sprintf("-v %d -u %d", int64(s.MemoryGB*(1<<20))+(4<<20), s.PIDs)
+	return fmt.Sprintf("-v %d -u %d", s.MemoryBytes/1024+(4<<20), s.PIDs)
 }
-
-type process struct {
-	in     io.WriteCloser
-	out    io.ReadCloser
-	stderr *procs.Tail
-}
-
-func (p *process) Read(b []byte) (int, error)  { return p.out.Read(b) }
-func (p *process) Write(b []byte) (int, error) { return p.in.Write(b) }
-func (p *process) Close() error {
-	err := p.in.Close()
-	_ = p.out.Close()
-	return err
-}
-func (p *process) Diagnostics() string { return p.stderr.String() }
 
 // Delete kills the sandbox (bwrap's death takes everything inside with it)
 // and removes its state and cgroups. A cgroup that cannot be removed is an
@@ -544,35 +530,42 @@ func (p *Provider) Remove(ctx context.Context, id string) error {
 	return errs.ErrorOrNil()
 }
 
-// StaleAgentCopies lists agent binary copies whose owner process is gone.
-func (p *Provider) StaleAgentCopies() []string {
+// Leftovers lists, besides sandboxes, the agent binary copies of runs whose
+// owner process is gone (a backends.Sweeper). Copies belong to processes,
+// not runs: they are listed only when all runs are swept.
+func (p *Provider) Leftovers(ctx context.Context, runID string) ([]backends.Leftover, error) {
+	if runID != "" {
+		return nil, nil
+	}
 	f, err := p.bin.Open(".")
 	if err != nil {
-		return nil
+		return nil, err
 	}
-	entries, _ := f.ReadDir(-1)
+	entries, err := f.ReadDir(-1)
 	f.Close()
-	var out []string
+	if err != nil {
+		return nil, err
+	}
+	var out []backends.Leftover
 	for _, e := range entries {
 		name := e.Name()
 		if e.IsDir() || !strings.HasPrefix(name, "agent-") {
 			continue
 		}
 		parts := strings.SplitN(strings.TrimSuffix(strings.TrimPrefix(name, "agent-"), ".tmp"), "-", 2)
-		if len(parts) != 2 {
+		if len(parts) != 2 || sandbox.OwnerAlive(map[string]string{sandbox.LabelOwnerPID: parts[0], sandbox.LabelOwnerStart: parts[1]}) {
 			continue
 		}
-		if !sandbox.OwnerAlive(map[string]string{sandbox.LabelOwnerPID: parts[0], sandbox.LabelOwnerStart: parts[1]}) {
-			out = append(out, name)
-		}
+		out = append(out, backends.Leftover{
+			What:   "agent copy " + filepath.Join(p.opts.StateRoot, "bin", name),
+			Remove: func(context.Context) error { return p.bin.Remove(name) },
+		})
 	}
-	return out
+	return out, nil
 }
 
-// RemoveAgentCopy removes one of StaleAgentCopies.
-func (p *Provider) RemoveAgentCopy(name string) error {
-	if err := checkID(name); err != nil {
-		return err
-	}
-	return p.bin.Remove(name)
+// Factory is the provider's sandbox.Factory: bubblewrap takes no settings
+// of its own.
+func Factory(_ context.Context, opts sandbox.FactoryOptions) (sandbox.Provider, error) {
+	return New(Options{AgentPath: opts.AgentPath})
 }

@@ -19,7 +19,6 @@ import (
 	"github.com/rlmrun/rlmrun/backends/sandbox/bwrap"
 	"github.com/rlmrun/rlmrun/backends/sandbox/sandboxtest"
 	"github.com/rlmrun/rlmrun/internal/testbin"
-	"github.com/rlmrun/rlmrun/schema"
 )
 
 var agentBin string
@@ -44,25 +43,23 @@ func stateRoot(t testing.TB) string {
 	return dir
 }
 
-func settings() schema.Sandbox {
-	return schema.Sandbox{Provider: "bwrap", CPUCores: 1, MemoryGB: 0.5, DiskSizeGB: 0.05, PIDs: 64, Network: "none", Lifetime: schema.Duration{Duration: time.Hour}}
-}
+func settings() sandbox.Settings { return sandboxtest.Settings() }
 
 // sandboxed starts an agent in a fresh sandbox with a running Bash worker.
-func sandboxed(t testing.TB, s schema.Sandbox) (*client.Session, *bwrap.Provider, *backends.Facts) {
+func sandboxed(t testing.TB, s sandbox.Settings) (*client.Session, *bwrap.Provider, *backends.Facts) {
 	t.Helper()
 	return sandboxedIn(t, stateRoot(t), s)
 }
 
 // sandboxedIn is sandboxed with the state under root.
-func sandboxedIn(t testing.TB, root string, s schema.Sandbox) (*client.Session, *bwrap.Provider, *backends.Facts) {
+func sandboxedIn(t testing.TB, root string, s sandbox.Settings) (*client.Session, *bwrap.Provider, *backends.Facts) {
 	t.Helper()
 	p, err := bwrap.New(bwrap.Options{AgentPath: agentBin, StateRoot: root})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { p.Close() })
-	sess, facts := sandboxtest.Start(t, p, agentBin, s)
+	sess, facts := sandboxtest.Start(t, p, s)
 	return sess, p, facts
 }
 
@@ -136,25 +133,19 @@ func TestHostUIDIsUnprivileged(t *testing.T) {
 	sess, _, _ := sandboxed(t, settings())
 	marker := fmt.Sprintf("rlmrun-uid-probe-%d", time.Now().UnixNano())
 	go func() { sandboxtest.Exec(t, sess, "exec -a "+marker+" sleep 5") }()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		for _, pid := range testbin.Procs(marker) {
-			status, _ := os.ReadFile(filepath.Join("/proc", pid, "status"))
-			for _, line := range strings.Split(string(status), "\n") {
-				if strings.HasPrefix(line, "Uid:") {
-					f := strings.Fields(line)
-					for _, u := range f[1:] {
-						if u != "65534" {
-							t.Fatalf("sandboxed process runs as host uid %s: %s", u, line)
-						}
+	testbin.Eventually(t, "the probe process", 10*time.Second, func() bool { return len(testbin.Procs(marker)) > 0 })
+	for _, pid := range testbin.Procs(marker) {
+		status, _ := os.ReadFile(filepath.Join("/proc", pid, "status"))
+		for _, line := range strings.Split(string(status), "\n") {
+			if uids, ok := strings.CutPrefix(line, "Uid:"); ok {
+				for _, u := range strings.Fields(uids) {
+					if u != "65534" {
+						t.Fatalf("sandboxed process runs as host uid %s: %s", u, line)
 					}
-					return
 				}
 			}
 		}
-		time.Sleep(20 * time.Millisecond)
 	}
-	t.Fatal("probe process never seen")
 }
 
 // TestLimits checks the limits this machine can enforce.
@@ -173,7 +164,7 @@ func TestForkBomb(t *testing.T) {
 
 func TestLifetimeIsEnforced(t *testing.T) {
 	s := settings()
-	s.Lifetime = schema.Duration{Duration: 1500 * time.Millisecond}
+	s.Lifetime = 1500 * time.Millisecond
 	sess, _, _ := sandboxed(t, s)
 	start := time.Now()
 	_, err := sess.Exec(context.Background(), 1, protocol.ExecArgs{Code: "sleep 30", TimeoutMS: 60000, MaxOutputBytes: 100})
@@ -191,8 +182,8 @@ func TestDeleteLeavesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ex, _ := sandbox.NewExecutor(sandbox.Options{Provider: p, AgentPath: agentBin})
-	sess, facts, err := ex.Start(context.Background(), backends.StartRequest{RunID: "del", RolloutID: "r", Root: ex.AgentRoot("del", "r"), Sandbox: settings(), StartupTimeout: 30 * time.Second})
+	ex, _ := sandbox.NewExecutor(sandbox.Options{Provider: p, Settings: settings()})
+	sess, facts, err := ex.Start(context.Background(), backends.StartRequest{RunID: "del", RolloutID: "r", Root: ex.Root("/tmp/rlmrun-del", "r"), StartupTimeout: 30 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -231,11 +222,11 @@ func BenchmarkColdStart(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer p.Close()
-	ex, err := sandbox.NewExecutor(sandbox.Options{Provider: p, AgentPath: agentBin})
+	ex, err := sandbox.NewExecutor(sandbox.Options{Provider: p, Settings: settings()})
 	if err != nil {
 		b.Fatal(err)
 	}
-	sandboxtest.ColdStarts(b, ex, settings(), nil)
+	sandboxtest.ColdStarts(b, ex, nil)
 }
 
 // BenchmarkTrivialCell measures `true` in a sandboxed Bash REPL (target:

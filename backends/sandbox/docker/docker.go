@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -33,6 +32,27 @@ type Options struct {
 	AgentPath string
 	// Progress receives image pull progress.
 	Progress io.Writer
+	Config
+}
+
+// Config is the provider's own part of the spec's backend.sandbox section.
+type Config struct {
+	// Image is the containers' image.
+	Image string `json:"image"`
+	// Pull says when to pull it: always, if-missing (the default), never.
+	Pull string `json:"pull"`
+}
+
+// Factory is the provider's sandbox.Factory: it reads image and pull from
+// the spec's settings.
+func Factory(ctx context.Context, opts sandbox.FactoryOptions) (sandbox.Provider, error) {
+	o := Options{AgentPath: opts.AgentPath, Progress: opts.Progress}
+	if len(opts.Config) > 0 {
+		if err := json.Unmarshal(opts.Config, &o.Config); err != nil {
+			return nil, fmt.Errorf("docker settings: %w", err)
+		}
+	}
+	return New(ctx, o)
 }
 
 // Provider runs sandboxes as Docker containers.
@@ -218,19 +238,22 @@ const labelAgentImage = "rlmrun.agent-image"
 // the agent exec'd into it has come and gone.
 func (p *Provider) Create(ctx context.Context, req sandbox.CreateRequest) (sandbox.Sandbox, error) {
 	s := req.Settings
-	if err := p.ensureImage(ctx, s.Image, s.Pull); err != nil {
+	if p.opts.Image == "" {
+		return nil, fmt.Errorf("%w: no image: the docker provider needs backend.sandbox.image", sandbox.ErrNotInstalled)
+	}
+	if err := p.ensureImage(ctx, p.opts.Image, p.opts.Pull); err != nil {
 		return nil, err
 	}
-	image, err := p.agentImage(ctx, s.Image)
+	image, err := p.agentImage(ctx, p.opts.Image)
 	if err != nil {
 		return nil, err
 	}
 	network := "none"
-	if s.Network == "host" {
+	if s.HostNetwork {
 		network = "host"
 	}
-	mem := int64(s.MemoryGB * (1 << 30))
-	lifetime := s.Lifetime.Duration
+	mem := s.MemoryBytes
+	lifetime := s.Lifetime
 	if lifetime <= 0 {
 		lifetime = time.Hour
 	}
@@ -247,7 +270,7 @@ func (p *Provider) Create(ctx context.Context, req sandbox.CreateRequest) (sandb
 			CapDrop:        []string{"ALL"},
 			SecurityOpt:    []string{"no-new-privileges"},
 			ReadonlyRootfs: true,
-			Tmpfs:          map[string]string{"/tmp": fmt.Sprintf("rw,exec,nosuid,nodev,mode=1777,size=%d", int64(s.DiskSizeGB*(1<<30)))},
+			Tmpfs:          map[string]string{"/tmp": fmt.Sprintf("rw,exec,nosuid,nodev,mode=1777,size=%d", s.DiskBytes)},
 			PidsLimit:      int64(s.PIDs),
 			Memory:         mem,
 			MemorySwap:     mem,
@@ -296,7 +319,7 @@ func (c *container) Start(ctx context.Context, argv []string) (sandbox.Process, 
 	pr, pw := io.Pipe()
 	stderr := procs.NewTail(8 << 10)
 	go demux(br, pw, stderr)
-	return &process{conn: conn, out: pr, stderr: stderr}, nil
+	return procs.Stream{R: pr, W: conn, Stderr: stderr}, nil
 }
 
 // demux splits Docker's multiplexed attach stream: 8-byte frame headers
@@ -322,20 +345,6 @@ func demux(r io.Reader, stdout *io.PipeWriter, stderr io.Writer) {
 		}
 	}
 }
-
-type process struct {
-	conn   net.Conn
-	out    *io.PipeReader
-	stderr *procs.Tail
-}
-
-func (p *process) Read(b []byte) (int, error)  { return p.out.Read(b) }
-func (p *process) Write(b []byte) (int, error) { return p.conn.Write(b) }
-func (p *process) Close() error {
-	_ = p.out.Close()
-	return p.conn.Close()
-}
-func (p *process) Diagnostics() string { return p.stderr.String() }
 
 // Delete kills and removes the container (and its anonymous volume).
 func (c *container) Delete(ctx context.Context) error {

@@ -16,7 +16,6 @@ import (
 	"github.com/rlmrun/rlmrun/backends/sandbox/docker"
 	"github.com/rlmrun/rlmrun/backends/sandbox/sandboxtest"
 	"github.com/rlmrun/rlmrun/internal/testbin"
-	"github.com/rlmrun/rlmrun/schema"
 )
 
 // TestImage is built by scripts/docker-test-image (docker import of host files).
@@ -38,22 +37,20 @@ func TestMain(m *testing.M) {
 	testbin.Main(m, &agentBin)
 }
 
-func settings() schema.Sandbox {
-	return schema.Sandbox{Provider: "docker", Image: TestImage, Pull: "never", CPUCores: 1, MemoryGB: 0.5, DiskSizeGB: 0.05, PIDs: 64, Network: "none", Lifetime: schema.Duration{Duration: time.Hour}}
-}
+func settings() sandbox.Settings { return sandboxtest.Settings() }
 
 func provider(t testing.TB) *docker.Provider {
 	t.Helper()
-	p, err := docker.New(context.Background(), docker.Options{AgentPath: agentBin})
+	p, err := docker.New(context.Background(), docker.Options{AgentPath: agentBin, Config: docker.Config{Image: TestImage, Pull: "never"}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return p
 }
 
-func containerized(t testing.TB, s schema.Sandbox) (*client.Session, *backends.Facts) {
+func containerized(t testing.TB, s sandbox.Settings) (*client.Session, *backends.Facts) {
 	t.Helper()
-	return sandboxtest.Start(t, provider(t), agentBin, s)
+	return sandboxtest.Start(t, provider(t), s)
 }
 
 func TestIsolation(t *testing.T) {
@@ -103,10 +100,11 @@ func TestForkBomb(t *testing.T) {
 }
 
 func TestPullNeverWithMissingImage(t *testing.T) {
-	p := provider(t)
-	s := settings()
-	s.Image = "rlmrun-no-such-image:nope"
-	_, err := p.Create(context.Background(), sandbox.CreateRequest{Name: fmt.Sprintf("rlmrun-missing-%d", time.Now().UnixNano()), Settings: s, Labels: map[string]string{}})
+	p, err := docker.New(context.Background(), docker.Options{AgentPath: agentBin, Config: docker.Config{Image: "rlmrun-no-such-image:nope", Pull: "never"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = p.Create(context.Background(), sandbox.CreateRequest{Name: fmt.Sprintf("rlmrun-missing-%d", time.Now().UnixNano()), Settings: settings(), Labels: map[string]string{}})
 	if err == nil || !strings.Contains(err.Error(), "rlmrun-no-such-image:nope is not on the Docker daemon") || !strings.Contains(err.Error(), "pull is never") {
 		t.Fatalf("err = %v", err)
 	}
@@ -133,17 +131,10 @@ func TestContainerGoesWithItsAgent(t *testing.T) {
 	// Drop the connection without deleting the container, as a killed
 	// runner would.
 	proc.Close()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	testbin.Eventually(t, "the container to go with its agent", 20*time.Second, func() bool {
 		infos, _ := p.List(context.Background(), map[string]string{sandbox.LabelRun: runID})
-		if len(infos) == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("container still there: %+v", infos)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return len(infos) == 0
+	})
 }
 
 // BenchmarkColdStart measures a Docker rollout's deferred start (container
@@ -152,7 +143,7 @@ func TestContainerGoesWithItsAgent(t *testing.T) {
 // start + one exec (target: beat the CLI; <= 300 ms where the CLI took 330).
 func BenchmarkColdStart(b *testing.B) {
 	p := provider(b)
-	ex, err := sandbox.NewExecutor(sandbox.Options{Provider: p, AgentPath: agentBin})
+	ex, err := sandbox.NewExecutor(sandbox.Options{Provider: p, Settings: settings()})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -164,7 +155,7 @@ func BenchmarkColdStart(b *testing.B) {
 	}
 	_ = warm.Delete(ctx)
 	var cli []float64
-	sandboxtest.ColdStarts(b, ex, settings(), func() {
+	sandboxtest.ColdStarts(b, ex, func() {
 		t1 := time.Now()
 		out, err := exec.Command("docker", "create", "--network", "none", TestImage, "sleep", "100").Output()
 		if err != nil {

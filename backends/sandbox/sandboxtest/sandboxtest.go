@@ -17,22 +17,34 @@ import (
 	"github.com/rlmrun/rlmrun/backends/client"
 	"github.com/rlmrun/rlmrun/backends/protocol"
 	"github.com/rlmrun/rlmrun/backends/sandbox"
-	"github.com/rlmrun/rlmrun/schema"
+	rlmfs "github.com/rlmrun/rlmrun/fs"
 )
+
+// Settings are small sandbox settings for tests: 1 CPU, 0.5 GiB of memory,
+// 50 MiB of disk, 64 pids, no network, an hour to live.
+func Settings() sandbox.Settings {
+	return sandbox.Settings{CPUCores: 1, MemoryBytes: 512 << 20, DiskBytes: 50 << 20, PIDs: 64, Lifetime: time.Hour}
+}
+
+// root is a rollout's directory in a sandbox, for a run directory named
+// after runID.
+func root(ex *sandbox.Executor, runID string) string {
+	return ex.Root("/tmp/rlmrun-"+runID, "r")
+}
 
 // Start starts an agent in a fresh sandbox of provider p with settings s,
 // uploads an empty working directory and starts a Bash worker; the session
 // ends with the test.
-func Start(t testing.TB, p sandbox.Provider, agentBin string, s schema.Sandbox) (*client.Session, *backends.Facts) {
+func Start(t testing.TB, p sandbox.Provider, s sandbox.Settings) (*client.Session, *backends.Facts) {
 	t.Helper()
-	ex, err := sandbox.NewExecutor(sandbox.Options{Provider: p, AgentPath: agentBin})
+	ex, err := sandbox.NewExecutor(sandbox.Options{Provider: p, Settings: s})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
 	runID := fmt.Sprintf("test%d", time.Now().UnixNano())
-	root := ex.AgentRoot(runID, "r")
-	sess, facts, err := ex.Start(ctx, backends.StartRequest{RunID: runID, RolloutID: "r", Root: root, Language: "bash", Sandbox: s, StartupTimeout: 60 * time.Second})
+	root := root(ex, runID)
+	sess, facts, err := ex.Start(ctx, backends.StartRequest{RunID: runID, RolloutID: "r", Root: root, Language: "bash", StartupTimeout: 60 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +67,7 @@ func Start(t testing.TB, p sandbox.Provider, agentBin string, s schema.Sandbox) 
 // medians of the whole (cold-start-ms) and of the worker's start
 // (worker-start-ms); between starts, while the timer is stopped, it calls
 // between (if not nil).
-func ColdStarts(b *testing.B, ex *sandbox.Executor, s schema.Sandbox, between func()) {
+func ColdStarts(b *testing.B, ex *sandbox.Executor, between func()) {
 	stage := b.TempDir()
 	for i := 0; i < 100; i++ {
 		if err := os.WriteFile(filepath.Join(stage, fmt.Sprintf("f%03d.txt", i)), make([]byte, 10<<10), 0o644); err != nil {
@@ -67,13 +79,13 @@ func ColdStarts(b *testing.B, ex *sandbox.Executor, s schema.Sandbox, between fu
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		runID := fmt.Sprintf("bench%d-%d", time.Now().UnixNano(), i)
-		root := ex.AgentRoot(runID, "r")
+		root := root(ex, runID)
 		t0 := time.Now()
-		sess, _, err := ex.Start(ctx, backends.StartRequest{RunID: runID, RolloutID: "r", Root: root, Language: "bash", Sandbox: s, StartupTimeout: 60 * time.Second})
+		sess, _, err := ex.Start(ctx, backends.StartRequest{RunID: runID, RolloutID: "r", Root: root, Language: "bash", StartupTimeout: 60 * time.Second})
 		if err != nil {
 			b.Fatal(err)
 		}
-		if err := sess.Init(ctx, protocol.InitArgs{Root: root, Language: "bash", FSFiles: 100, FSBytes: 100 * 10 << 10}); err != nil {
+		if err := sess.Init(ctx, protocol.InitArgs{Root: root, Language: "bash", FS: rlmfs.Metadata{FileCount: 100, TotalSize: 100 * 10 << 10}}); err != nil {
 			b.Fatal(err)
 		}
 		up := make(chan error, 1)
@@ -114,8 +126,8 @@ func Exec(t testing.TB, sess *client.Session, code string) *protocol.ExecReply {
 	return rep
 }
 
-// CheckLimits proves from inside a sandbox created with disk_size_gb 0.05,
-// pids 64 and memory_gb 0.5 that it cannot outgrow them.
+// CheckLimits proves from inside a sandbox created with Settings (50 MiB of
+// disk, 64 pids, 0.5 GiB of memory) that it cannot outgrow them.
 func CheckLimits(t *testing.T, sess *client.Session) {
 	t.Helper()
 	// disk_size_gb: 100 MB do not fit in the working directory.
