@@ -222,7 +222,7 @@ func (s *Server) ServeURL(l net.Listener, prefix string) error {
 // quiet drops the errors that mean the listener ended as expected (a yamux
 // session ending reads as EOF: the agent is gone).
 func quiet(err error) error {
-	if errors.Is(err, http.ErrServerClosed) || errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, yamux.ErrSessionShutdown) {
+	if errors.Is(err, http.ErrServerClosed) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrClosedPipe) || errors.Is(err, net.ErrClosed) || errors.Is(err, yamux.ErrSessionShutdown) {
 		return nil
 	}
 	return err
