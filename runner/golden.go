@@ -37,7 +37,29 @@ func Deterministic(r *Result) ([]byte, error) {
 		return nil, err
 	}
 	delete(v, "volatile")
+	if calls, ok := v["calls"].([]any); ok {
+		for _, c := range calls {
+			dropKeys(c, volatileCallKeys())
+		}
+	}
 	return json.Marshal(v)
+}
+
+// dropKeys removes keys from every object inside v.
+func dropKeys(v any, keys []string) {
+	switch x := v.(type) {
+	case map[string]any:
+		for _, k := range keys {
+			delete(x, k)
+		}
+		for _, e := range x {
+			dropKeys(e, keys)
+		}
+	case []any:
+		for _, e := range x {
+			dropKeys(e, keys)
+		}
+	}
 }
 
 // GoldenLines are the deterministic records of a run, one per rollout,

@@ -17,15 +17,48 @@ import (
 	"github.com/rlmrun/rlmrun/backends/protocol"
 	"github.com/rlmrun/rlmrun/internal/atomicfile"
 	"github.com/rlmrun/rlmrun/internal/safetext"
+	"github.com/rlmrun/rlmrun/subllm"
 )
 
 // Rollout statuses.
 const (
-	StatusCompleted     = "completed"      // the answer became ready, or the script ended
+	StatusCompleted     = "completed"      // the rollout ended: answer ready, final answer, the script or the model done
 	StatusMaxIterations = "max_iterations" // max_iterations turns ran without a ready answer
 	StatusTimeout       = "timeout"        // a cell timed out with abort_on_code_timeout
 	StatusError         = "error"          // the rollout could not run to its end
+	StatusBudget        = "budget"         // the model used more than max_tokens_per_rollout
+	StatusContextLength = "context_length" // the conversation outgrew the model's context
 )
+
+// Why a rollout stopped.
+const (
+	StopAnswerReady   = "answer_ready"   // the REPL's answer became ready
+	StopMaxIterations = "max_iterations" // the turns ran out
+	StopNoToolCalls   = "no_tool_calls"  // tools format: a reply without a tool call
+	StopFinalAnswer   = "final_answer"   // ipython format: a reply without a tool call is the answer
+	StopBudget        = "budget"         // max_tokens_per_rollout
+	StopContextLength = "context_length" // the model's context is full
+	StopEndOfScript   = "end_of_script"  // a script's turns are done
+	StopTimeout       = "timeout"        // a cell timed out (abort_on_code_timeout)
+	StopError         = "error"          // the rollout could not go on
+)
+
+// statusOf is the status a stop reason gives.
+func statusOf(stop string) string {
+	switch stop {
+	case StopMaxIterations:
+		return StatusMaxIterations
+	case StopBudget:
+		return StatusBudget
+	case StopContextLength:
+		return StatusContextLength
+	case StopTimeout:
+		return StatusTimeout
+	case StopError:
+		return StatusError
+	}
+	return StatusCompleted
+}
 
 // Result is one rollout's record in results.jsonl. Everything outside
 // Volatile repeats exactly between runs and backends for the same spec;
@@ -40,19 +73,72 @@ type Result struct {
 	AnswerReady bool   `json:"answer_ready"`
 	// AnswerTruncated says the answer was cut at 1 MiB
 	// (protocol.MaxAnswerBytes).
-	AnswerTruncated bool           `json:"answer_truncated,omitempty"`
-	Reward          *float64       `json:"reward,omitempty"`
-	Rewards         []RewardScore  `json:"rewards,omitempty"`
-	Expect          []Expectation  `json:"expect,omitempty"`
-	Passed          bool           `json:"passed"`
-	Turns           []Turn         `json:"turns"`
-	Metrics         map[string]any `json:"metrics"`
-	Error           string         `json:"error,omitempty"`
+	AnswerTruncated bool `json:"answer_truncated,omitempty"`
+	// FinalAnswer says the answer is the model's final answer in words (a
+	// reply without a tool call, or the fenced format's last question),
+	// not the REPL's.
+	FinalAnswer bool           `json:"final_answer,omitempty"`
+	Reward      *float64       `json:"reward,omitempty"`
+	Rewards     []RewardScore  `json:"rewards,omitempty"`
+	Expect      []Expectation  `json:"expect,omitempty"`
+	Passed      bool           `json:"passed"`
+	Turns       []Turn         `json:"turns"`
+	Metrics     map[string]any `json:"metrics"`
+	Error       string         `json:"error,omitempty"`
 	// Skipped lists what the sync-back left out of the final working
 	// directory, and why: special files, symlinks that lead out.
-	Skipped  []string `json:"skipped,omitempty"`
+	Skipped []string `json:"skipped,omitempty"`
+	// StopReason says why the rollout stopped (Stop* constants).
+	StopReason string `json:"stop_reason,omitempty"`
+	// Model is the model that played the rollout ("" for a script).
+	Model string `json:"model,omitempty"`
+	// Messages is the root conversation, in OpenAI's shape, exactly as sent
+	// and received (model-played rollouts).
+	Messages []subllm.Message `json:"messages,omitempty"`
+	// Calls are the rollout's calls in order: the root model's requests,
+	// root tool calls, and sub-LLM conversations.
+	Calls    []Call   `json:"calls,omitempty"`
 	Volatile Volatile `json:"volatile"`
 }
+
+// Call is one call a rollout made: a root model request, a root tool call,
+// or a sub-LLM conversation (an llm_batch item, or a chat completion the
+// REPL's code asked for). Latencies and
+// retries vary between runs: the digest leaves them out.
+type Call struct {
+	Kind string `json:"kind"`
+	// Batch and Item place an llm_batch item: the rollout's batch number
+	// (from 0) and the prompt's index in it.
+	Batch *int `json:"batch,omitempty"`
+	Item  int  `json:"item,omitempty"`
+	// A model request.
+	*subllm.RequestFacts
+	// A tool call.
+	Tool   string         `json:"tool,omitempty"`
+	Args   []any          `json:"args,omitempty"`
+	Kwargs map[string]any `json:"kwargs,omitempty"`
+	Result any            `json:"result,omitempty"`
+	Error  string         `json:"error,omitempty"`
+	// A sub-LLM conversation.
+	Prompt    string                `json:"prompt,omitempty"`
+	Messages  []subllm.Message      `json:"messages,omitempty"`
+	Requests  []subllm.RequestFacts `json:"requests,omitempty"`
+	ToolCalls int                   `json:"tool_calls,omitempty"`
+	Reply     string                `json:"reply,omitempty"`
+	// DurationMS is a tool call's time.
+	DurationMS float64 `json:"duration_ms,omitempty"`
+}
+
+// Kinds of calls.
+const (
+	CallModel  = "model"   // a root model request
+	CallTool   = "tool"    // a root tool call
+	CallSubLLM = "sub_llm" // an llm_batch item: one sub-LLM conversation
+	CallChat   = "chat"    // a chat completion the REPL's code asked for
+)
+
+// volatileCallKeys are the keys of a call that depend on time.
+func volatileCallKeys() []string { return []string{"latency_ms", "retries", "duration_ms"} }
 
 // Turn is one REPL cell and what the model was shown.
 type Turn struct {
@@ -64,6 +150,9 @@ type Turn struct {
 	ExitCode *int `json:"exit_code,omitempty"`
 	// Event names what went wrong: timeout, crashed, desync.
 	Event string `json:"event,omitempty"`
+	// Timeout is the cell's own timeout, when the model asked for one
+	// shorter than code_execution_timeout.
+	Timeout string `json:"timeout,omitempty"`
 }
 
 // RewardScore is one reward function's verdict.
@@ -101,6 +190,13 @@ type Volatile struct {
 	ExecutionTimes []string       `json:"execution_times,omitempty"`
 	Metrics        map[string]any `json:"metrics,omitempty"`
 	Warnings       []string       `json:"warnings,omitempty"`
+	// Attempts is how often the rollout ran (more than 1 after retries of
+	// infrastructure failures).
+	Attempts int `json:"attempts,omitempty"`
+	// InfraError says the rollout failed for the infrastructure's reason
+	// (sandbox creation, a lost agent, an unreachable model): --retries
+	// and --resume run it again.
+	InfraError bool `json:"infra_error,omitempty"`
 }
 
 // resultsWriter appends records as rollouts finish, so an interrupted run
@@ -112,10 +208,14 @@ type resultsWriter struct {
 	copy *atomicfile.File
 }
 
-func newResultsWriter(path, copyPath string) (*resultsWriter, error) {
+func newResultsWriter(path, copyPath string, appendTo bool) (*resultsWriter, error) {
 	w := &resultsWriter{}
+	flags := os.O_WRONLY | os.O_CREATE | os.O_TRUNC
+	if appendTo {
+		flags = os.O_WRONLY | os.O_CREATE | os.O_APPEND
+	}
 	var err error
-	if w.live, err = os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644); err != nil {
+	if w.live, err = os.OpenFile(path, flags, 0o644); err != nil {
 		return nil, fmt.Errorf("open results file: %w", err)
 	}
 	if copyPath != "" {
@@ -142,6 +242,24 @@ func (w *resultsWriter) Write(r *Result) error {
 		if _, err := w.copy.Write(b); err != nil {
 			return fmt.Errorf("write %s: %w", w.copy.Name(), err)
 		}
+	}
+	return nil
+}
+
+// writeCopy writes r to the --output copy only (a resumed run's earlier
+// results, which results.jsonl holds already).
+func (w *resultsWriter) writeCopy(r *Result) error {
+	if w.copy == nil {
+		return nil
+	}
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if _, err := w.copy.Write(append(b, '\n')); err != nil {
+		return fmt.Errorf("write %s: %w", w.copy.Name(), err)
 	}
 	return nil
 }

@@ -14,8 +14,8 @@ import (
 	"github.com/rlmrun/rlmrun/backends/client"
 	"github.com/rlmrun/rlmrun/backends/protocol"
 	rlmfs "github.com/rlmrun/rlmrun/fs"
-	"github.com/rlmrun/rlmrun/internal/tmpl"
 	"github.com/rlmrun/rlmrun/schema"
+	"github.com/rlmrun/rlmrun/subllm"
 	"github.com/rlmrun/rlmrun/tunnel/wire"
 )
 
@@ -25,19 +25,24 @@ const cleanupTimeout = 30 * time.Second
 
 // rollout is one rollout's life.
 type rollout struct {
-	env      *runEnv
-	index    int
-	inst     schema.Instance
-	way      *wayOut
-	data     map[string]any // template data
-	root     string         // the rollout's directory as the agent sees it
-	staging  *rlmfs.Staging
-	sess     *client.Session
-	seq      int
-	res      *Result
-	answer   protocol.Answer // last answer the REPL reported
-	alive    bool            // a worker is running
-	replTime time.Duration
+	env     *runEnv
+	index   int
+	inst    schema.Instance
+	way     *wayOut
+	data    map[string]any // template data
+	root    string         // the rollout's directory as the agent sees it
+	staging *rlmfs.Staging
+	sess    *client.Session
+	seq     int
+	res     *Result
+	answer  protocol.Answer // last answer the REPL reported
+	// answerFinal says answer is the model's final answer in words: the
+	// REPL's answer no longer counts.
+	answerFinal bool
+	alive       bool // a worker is running
+	replTime    time.Duration
+	// rootStats count the root model's requests and tokens.
+	rootStats struct{ turns, promptTokens, completionTokens int }
 }
 
 func (env *runEnv) runRollout(ctx context.Context, index int, inst schema.Instance) *Result {
@@ -61,6 +66,11 @@ func (env *runEnv) runRollout(ctx context.Context, index int, inst schema.Instan
 		},
 	}
 	ro.run(ctx)
+	if ctx.Err() != nil && ro.res.Status == StatusError {
+		// Interrupted: the run stopped, not the rollout; --resume runs it
+		// again.
+		ro.res.Volatile.InfraError = true
+	}
 	ro.res.Volatile.Seconds = time.Since(start).Seconds()
 	ro.normalize()
 	return ro.res
@@ -83,11 +93,11 @@ func (ro *rollout) warn(format string, args ...any) {
 }
 
 func (ro *rollout) run(ctx context.Context) {
-	spec := ro.env.spec
 	t0 := time.Now()
 	way, err := ro.env.newWayOut(ro.index, ro.inst, ro.data)
 	if err != nil {
 		ro.fail("sub-LLM replies: %v", err)
+		ro.stop(StopError)
 		ro.finish()
 		return
 	}
@@ -95,43 +105,19 @@ func (ro *rollout) run(ctx context.Context) {
 	defer way.close()
 	if err := ro.stage(); err != nil {
 		ro.fail("stage: %v", err)
+		ro.stop(StopError)
 		ro.finish()
 		return
 	}
 	ro.res.Volatile.StageMS = msSince(t0)
-
-	maxIter := spec.REPL.MaxIterations
-	turns := ro.inst.Rollout.Turns
-	for i, t := range turns {
-		if i >= maxIter {
-			break
-		}
-		if ctx.Err() != nil {
-			ro.fail("interrupted before turn %d", i)
-			break
-		}
-		code, err := tmpl.Render(fmt.Sprintf("rollouts[%d].turns[%d].code", ro.inst.Rollout.Index, i), t.Code, ro.data)
-		if err != nil {
-			ro.fail("turn %d: %v", i, err)
-			break
-		}
-		if ro.sess == nil {
-			if err := ro.startAgent(ctx); err != nil {
-				ro.fail("start: %v", err)
-				break
-			}
-		}
-		stop := ro.turn(ctx, code)
-		if stop {
-			break
-		}
+	p, err := ro.player()
+	if err != nil {
+		ro.fail("%v", err)
+		ro.stop(StopError)
+		ro.finish()
+		return
 	}
-	if ro.res.Status == "" {
-		ro.res.Status = StatusCompleted
-		if !ro.answer.Ready && len(turns) >= maxIter {
-			ro.res.Status = StatusMaxIterations
-		}
-	}
+	ro.play(ctx, p)
 	ro.finish()
 }
 
@@ -253,16 +239,23 @@ func (ro *rollout) initArgs() protocol.InitArgs {
 	}
 }
 
-// turn runs one cell and records it; it reports whether the rollout stops.
-func (ro *rollout) turn(ctx context.Context, code string) (stop bool) {
+// turn runs one cell and records it. It returns what the cell showed the
+// model, and why the rollout stops ("" when it goes on).
+func (ro *rollout) turn(ctx context.Context, c cell) (shownCell, string) {
 	spec := ro.env.spec
 	timeout := spec.REPL.CodeExecutionTimeout.Duration
+	turn := Turn{Code: c.code}
+	if c.timeout > 0 && c.timeout < timeout {
+		timeout = c.timeout
+		turn.Timeout = timeout.String()
+	}
 	maxLen := spec.REPL.MaxOutputLength
+	python := spec.REPL.Language == "python"
 	ro.seq++
 	seq := ro.seq
 	t0 := time.Now()
 	rep, err := ro.sess.Exec(ctx, seq, protocol.ExecArgs{
-		Code:             code,
+		Code:             c.code,
 		TimeoutMS:        timeout.Milliseconds(),
 		MaxOutputBytes:   captureBytes(maxLen),
 		RestartOnFailure: !spec.REPL.AbortOnCodeTimeout,
@@ -270,22 +263,32 @@ func (ro *rollout) turn(ctx context.Context, code string) (stop bool) {
 	elapsed := time.Since(t0)
 	ro.replTime += elapsed
 	ro.res.Volatile.TurnSeconds = append(ro.res.Volatile.TurnSeconds, elapsed.Seconds())
-	turn := Turn{Code: code}
-	if spec.REPL.Language == "python" {
-		ro.res.Volatile.ExecutionTimes = append(ro.res.Volatile.ExecutionTimes, executionTimeLine(elapsed))
+	timeLine := ""
+	if python {
+		timeLine = executionTimeLine(elapsed)
+		ro.res.Volatile.ExecutionTimes = append(ro.res.Volatile.ExecutionTimes, timeLine)
+	}
+	// record keeps the turn; the model sees its output and, in Python,
+	// the execution-time line the transcript keeps apart.
+	record := func(stop string) (shownCell, string) {
+		ro.res.Turns = append(ro.res.Turns, turn)
+		shown := shownCell{output: turn.Output}
+		if timeLine != "" {
+			shown.output += "\n" + timeLine
+		}
+		return shown, stop
 	}
 	if err != nil {
 		if ctx.Err() != nil {
 			ro.fail("interrupted during turn %d", len(ro.res.Turns))
 		} else {
 			ro.fail("turn %d: %v", len(ro.res.Turns), err)
+			ro.res.Volatile.InfraError = errors.Is(err, client.ErrAgentGone)
 		}
 		ro.alive = false
 		turn.Event = "error"
-		ro.res.Turns = append(ro.res.Turns, turn)
-		return true
+		return record(StopError)
 	}
-	python := spec.REPL.Language == "python"
 	format := func(note string) string {
 		if python {
 			return formatPython(rep, note, maxLen)
@@ -298,46 +301,39 @@ func (ro *rollout) turn(ctx context.Context, code string) (stop bool) {
 		ro.alive = rep.Restarted
 		if spec.REPL.AbortOnCodeTimeout {
 			turn.Output = timeoutMessage(timeout, false, "")
-			ro.res.Turns = append(ro.res.Turns, turn)
-			ro.res.Status = StatusTimeout
-			return true
+			return record(StopTimeout)
 		}
 		turn.Output = truncate(timeoutMessage(timeout, rep.Restarted, rep.RestartError), maxLen, false)
-		ro.res.Turns = append(ro.res.Turns, turn)
 		if !rep.Restarted {
-			ro.fail("turn %d timed out and the worker could not be restarted: %s", len(ro.res.Turns)-1, rep.RestartError)
-			return true
+			ro.fail("turn %d timed out and the worker could not be restarted: %s", len(ro.res.Turns), rep.RestartError)
+			return record(StopError)
 		}
-		return false
+		return record("")
 	case protocol.StatusCrashed:
 		turn.Event = "crashed"
 		ro.alive = rep.Restarted
 		turn.Output = ro.way.unmask(format(crashMessage(rep)))
-		ro.res.Turns = append(ro.res.Turns, turn)
 		if !rep.Restarted {
-			ro.fail("the worker exited in turn %d and could not be restarted: %s", len(ro.res.Turns)-1, rep.RestartError)
-			return true
+			ro.fail("the worker exited in turn %d and could not be restarted: %s", len(ro.res.Turns), rep.RestartError)
+			return record(StopError)
 		}
-		return false
+		return record("")
 	}
 	if rep.Seq != seq {
 		turn.Event = "desync"
 		turn.Output = desyncMessage(seq, rep.Seq)
-		ro.res.Turns = append(ro.res.Turns, turn)
-		return false
+		return record("")
 	}
 	turn.Output = ro.way.unmask(format(""))
 	if !python {
 		ec := rep.ExitCode
 		turn.ExitCode = &ec
 	}
-	ro.res.Turns = append(ro.res.Turns, turn)
 	ro.answer = rep.Answer
 	if rep.Answer.Ready {
-		ro.res.Status = StatusCompleted
-		return true
+		return record(StopAnswerReady)
 	}
-	return false
+	return record("")
 }
 
 // finish reads the answer, syncs the working directory back, ends the agent,
@@ -351,7 +347,11 @@ func (ro *rollout) finish() {
 	ro.res.Answer = ro.answer.Content
 	ro.res.AnswerReady = ro.answer.Ready
 	ro.res.AnswerTruncated = ro.answer.Truncated
+	ro.res.FinalAnswer = ro.answerFinal
 	ro.metrics()
+	if ro.way != nil {
+		ro.res.Calls = ro.way.takeCalls()
+	}
 	if ro.staging != nil && synced {
 		ro.score(ro.staging.Dir())
 	}
@@ -413,7 +413,7 @@ func (p syncPolicy) explain(err error) string {
 // the staging directory, and ends the agent. A failed download is an error
 // (scoring stale files would be wrong), and ends the agent at once.
 func (ro *rollout) endAgent() (synced bool) {
-	if ro.alive {
+	if ro.alive && !ro.answerFinal {
 		ctx, cancel := context.WithTimeout(context.Background(), answerWait)
 		if ans, err := ro.sess.Answer(ctx); err == nil {
 			ro.answer = ans
@@ -462,8 +462,11 @@ func syncBackMaxBytes(spec *schema.Spec) int64 {
 func (ro *rollout) metrics() {
 	n := len(ro.res.Turns)
 	ro.res.Metrics = map[string]any{
-		"main_rlm_turns":  n,
-		"repl_call_count": n,
+		"main_rlm_turns":             n,
+		"repl_call_count":            n,
+		"root_llm_turns":             ro.rootStats.turns,
+		"root_llm_prompt_tokens":     ro.rootStats.promptTokens,
+		"root_llm_completion_tokens": ro.rootStats.completionTokens,
 	}
 	mean := 0.0
 	if n > 0 {
@@ -517,14 +520,26 @@ func moveDir(src, dst string) error {
 	return os.RemoveAll(src)
 }
 
+// Placeholders of the recorded transcript.
+const (
+	// RolloutPlaceholder stands for the rollout's own directory (its
+	// working directory is RolloutPlaceholder + "/work").
+	RolloutPlaceholder = "<rollout>"
+	// RunPlaceholder stands for the run's directory.
+	RunPlaceholder = "<run>"
+)
+
 // normalize makes the recorded transcript independent of where the run
-// happened: the run's directory appears as "<run>", whether on this
-// machine's temp directory or in a sandbox's /tmp.
+// happened and of the rollout's name: the rollout's directory appears as
+// "<rollout>" and the run's as "<run>", whether on this machine's temp
+// directory or in a sandbox's /tmp. (A replay renames repeated rollouts;
+// its transcript stays the same.)
 func (ro *rollout) normalize() {
 	inside := filepath.Dir(ro.root)
 	repl := func(s string) string {
-		s = strings.ReplaceAll(s, ro.env.runDir, "<run>")
-		return strings.ReplaceAll(s, inside, "<run>")
+		s = replacePath(s, ro.root, RolloutPlaceholder)
+		s = strings.ReplaceAll(s, ro.env.runDir, RunPlaceholder)
+		return strings.ReplaceAll(s, inside, RunPlaceholder)
 	}
 	for i := range ro.res.Turns {
 		ro.res.Turns[i].Output = repl(ro.res.Turns[i].Output)
@@ -534,6 +549,99 @@ func (ro *rollout) normalize() {
 	for i := range ro.res.Skipped {
 		ro.res.Skipped[i] = repl(ro.res.Skipped[i])
 	}
+	for i := range ro.res.Calls {
+		normalizeCall(&ro.res.Calls[i], repl)
+	}
+}
+
+// replacePath replaces the path p in s where it is whole: not where it
+// is the start of a longer name (the directory of rollout "a" in that of
+// "ab").
+func replacePath(s, p, with string) string {
+	var b strings.Builder
+	for {
+		i := strings.Index(s, p)
+		if i < 0 {
+			b.WriteString(s)
+			return b.String()
+		}
+		b.WriteString(s[:i])
+		rest := s[i+len(p):]
+		if rest != "" && isNameByte(rest[0]) {
+			b.WriteString(p)
+		} else {
+			b.WriteString(with)
+		}
+		s = rest
+	}
+}
+
+func isNameByte(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-' || c == '#'
+}
+
+// normalizeCall applies repl to every string a call carries. The root
+// conversation (Result.Messages) is left as it was sent; the calls are
+// what a digest of a scripted run compares.
+func normalizeCall(c *Call, repl func(string) string) {
+	c.Prompt, c.Reply, c.Error = repl(c.Prompt), repl(c.Reply), repl(c.Error)
+	c.Result = normalizeValue(c.Result, repl)
+	for i, a := range c.Args {
+		c.Args[i] = normalizeValue(a, repl)
+	}
+	for k, v := range c.Kwargs {
+		c.Kwargs[k] = normalizeValue(v, repl)
+	}
+	if len(c.Messages) > 0 {
+		msgs := make([]subllm.Message, len(c.Messages))
+		for i, m := range c.Messages {
+			n := m
+			n.Content = repl(m.Content)
+			n.ToolCalls = nil
+			for _, tc := range m.ToolCalls {
+				tc.Function.Arguments = repl(tc.Function.Arguments)
+				n.ToolCalls = append(n.ToolCalls, tc)
+			}
+			if n.Content != m.Content || !equalCalls(n.ToolCalls, m.ToolCalls) {
+				n.Raw = nil // the raw message no longer says the same
+			}
+			msgs[i] = n
+		}
+		c.Messages = msgs
+	}
+}
+
+func equalCalls(a, b []subllm.ToolCall) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// normalizeValue applies repl to the strings inside a JSON value.
+func normalizeValue(v any, repl func(string) string) any {
+	switch x := v.(type) {
+	case string:
+		return repl(x)
+	case []any:
+		out := make([]any, len(x))
+		for i, e := range x {
+			out[i] = normalizeValue(e, repl)
+		}
+		return out
+	case map[string]any:
+		out := make(map[string]any, len(x))
+		for k, e := range x {
+			out[k] = normalizeValue(e, repl)
+		}
+		return out
+	}
+	return v
 }
 
 func msSince(t time.Time) float64 { return float64(time.Since(t).Microseconds()) / 1000 }

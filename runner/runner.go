@@ -10,6 +10,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -23,9 +25,11 @@ import (
 	"github.com/rlmrun/rlmrun/backends/local"
 	"github.com/rlmrun/rlmrun/backends/procs"
 	"github.com/rlmrun/rlmrun/backends/sandbox"
+	"github.com/rlmrun/rlmrun/internal/atomicfile"
 	"github.com/rlmrun/rlmrun/internal/ownerdir"
 	"github.com/rlmrun/rlmrun/runner/hostcmd"
 	"github.com/rlmrun/rlmrun/schema"
+	"github.com/rlmrun/rlmrun/subllm/chatapi"
 	"github.com/rlmrun/rlmrun/tunnel"
 )
 
@@ -73,6 +77,21 @@ type Options struct {
 	// instead of the tunnel (the spec's backend.interception_url): the
 	// interception server listens there too.
 	InterceptionURL string
+	// Getenv reads the variables api_key_env names (default os.Getenv).
+	Getenv func(string) string
+	// ModelStats, when set, counts the run's model requests and tokens.
+	ModelStats *chatapi.Stats
+	// HTTPClient, when set, is the model clients' HTTP client.
+	HTTPClient *http.Client
+	// OnModelRetry, when set, hears of every model request that failed and
+	// will be retried (attempt from 1, the wait before the next, why).
+	OnModelRetry func(attempt int, wait time.Duration, err error)
+	// Retries is how often a rollout that failed for an infrastructure
+	// reason (Volatile.InfraError) runs again from scratch.
+	Retries int
+	// Previous are results of an earlier run this one resumes: they are
+	// reported with the new ones, and the run appends to its results file.
+	Previous []*Result
 }
 
 // Report is the outcome of a run.
@@ -117,6 +136,7 @@ type runEnv struct {
 	interceptionURL string         // Options.InterceptionURL
 	server          *tunnel.Server // the run's interception server
 	spawner         *hostcmd.Spawner
+	models          *models
 }
 
 // NewRunID returns a fresh run id: time, then randomness.
@@ -139,11 +159,7 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	rep := &Report{RunID: r.opts.RunID, Dir: r.outDir, ResultsPath: r.resultsPath}
 	insts := r.instances()
 	results, notStarted, writeErr := r.schedule(ctx, insts)
-	for _, res := range results {
-		if res != nil {
-			rep.Results = append(rep.Results, res)
-		}
-	}
+	rep.Results = r.merged(results)
 	for _, i := range notStarted {
 		rep.NotStarted = append(rep.NotStarted, insts[i].ID)
 	}
@@ -198,6 +214,18 @@ func newRunner(opts Options) (*Runner, error) {
 		r.close()
 		return nil, err
 	}
+	if err := writeRunInfo(r.outDir, RunInfo{RunID: opts.RunID, Name: spec.Name, Spec: spec.File}); err != nil {
+		r.close()
+		return nil, err
+	}
+	needRoot := false
+	for _, in := range r.instances() {
+		needRoot = needRoot || !in.Rollout.Scripted
+	}
+	if r.models, err = newModels(spec, needRoot, modelOptions{getenv: opts.Getenv, stats: opts.ModelStats, http: opts.HTTPClient, onRetry: opts.OnModelRetry}); err != nil {
+		r.close()
+		return nil, err
+	}
 	r.server = tunnel.NewServer(tunnel.Limits{})
 	if u := opts.InterceptionURL; u != "" {
 		l, prefix, err := tunnel.ListenURL(u)
@@ -207,9 +235,16 @@ func newRunner(opts Options) (*Runner, error) {
 		}
 		go func() { _ = r.server.ServeURL(l, prefix) }()
 	}
-	if r.results, err = newResultsWriter(r.resultsPath, opts.OutputFile); err != nil {
+	if r.results, err = newResultsWriter(r.resultsPath, opts.OutputFile, len(opts.Previous) > 0); err != nil {
 		r.close()
 		return nil, err
+	}
+	// The --output copy holds the whole run: what the resumed run kept too.
+	for _, res := range opts.Previous {
+		if err := r.results.writeCopy(res); err != nil {
+			r.close()
+			return nil, err
+		}
 	}
 	return r, nil
 }
@@ -277,6 +312,20 @@ func (r *Runner) schedule(ctx context.Context, insts []schema.Instance) ([]*Resu
 				r.opts.OnStart(in.ID)
 			}
 			res := r.runEnv.runRollout(ctx, i, in)
+			for attempt := 1; ; attempt++ {
+				res.Volatile.Attempts = attempt
+				if !res.Volatile.InfraError || attempt > r.opts.Retries || drained(ctx, r.opts.Drain) {
+					break
+				}
+				// From scratch: nothing of the failed attempt stays but
+				// why it failed.
+				if d := res.Volatile.RetainedDir; d != "" {
+					_ = os.RemoveAll(d)
+				}
+				failed := append(res.Volatile.Warnings, fmt.Sprintf("attempt %d failed: %s", attempt, res.Error))
+				res = r.runEnv.runRollout(ctx, i, in)
+				res.Volatile.Warnings = append(failed, res.Volatile.Warnings...)
+			}
 			results[i] = res
 			if err := r.results.Write(res); err != nil {
 				mu.Lock()
@@ -290,6 +339,65 @@ func (r *Runner) schedule(ctx context.Context, insts []schema.Instance) ([]*Resu
 	}
 	wg.Wait()
 	return results, notStarted, writeErr
+}
+
+// merged are the results in spec order: the previous run's that were not
+// run again, and this run's.
+func (r *Runner) merged(results []*Result) []*Result {
+	byID := map[string]*Result{}
+	for _, res := range r.opts.Previous {
+		byID[res.ID] = res
+	}
+	for _, res := range results {
+		if res != nil {
+			byID[res.ID] = res
+		}
+	}
+	var out []*Result
+	for _, in := range r.spec.ExpandedRollouts() {
+		if res, ok := byID[in.ID]; ok {
+			out = append(out, res)
+		}
+	}
+	return out
+}
+
+// RunInfo identifies a run in its results directory (run.json), for
+// --resume.
+type RunInfo struct {
+	RunID string `json:"run_id"`
+	// Name is the spec's name; Spec the file as given.
+	Name string `json:"name"`
+	Spec string `json:"spec"`
+}
+
+const runInfoFile = "run.json"
+
+func writeRunInfo(dir string, info RunInfo) error {
+	b, _ := json.MarshalIndent(info, "", "  ")
+	if err := atomicfile.Write(filepath.Join(dir, runInfoFile), func(w io.Writer) error {
+		_, err := w.Write(append(b, '\n'))
+		return err
+	}); err != nil {
+		return fmt.Errorf("write run info: %w", err)
+	}
+	return nil
+}
+
+// ReadRunInfo reads the run.json of a run's results directory.
+func ReadRunInfo(dir string) (RunInfo, error) {
+	var info RunInfo
+	b, err := os.ReadFile(filepath.Join(dir, runInfoFile))
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return info, fmt.Errorf("not a run's results directory (it has no %s)", runInfoFile)
+		}
+		return info, err
+	}
+	if err := json.Unmarshal(b, &info); err != nil || info.RunID == "" {
+		return info, fmt.Errorf("%s is not a run's description", runInfoFile)
+	}
+	return info, nil
 }
 
 // owner records which process owns a run directory, so leftovers of a

@@ -299,6 +299,7 @@ rollouts:
   - id: limited
     turns: [{code: "echo 1"}, {code: "export RLM_CONTENT=two"}, {code: "echo 3"}]
   - id: idle
+    turns: []
     mutations: [{write: {path: a.txt, content: x}}]
 `, nil)
 	rep := runSpec(t, spec)
@@ -332,7 +333,7 @@ rollouts:
 					t.Fatalf("retained %s", r.Volatile.RetainedDir)
 				}
 				entries, _ := os.ReadDir(rep.Dir)
-				if len(entries) != 1 || entries[0].Name() != "results.jsonl" {
+				if len(entries) != 2 || entries[0].Name() != "results.jsonl" || entries[1].Name() != "run.json" {
 					t.Fatalf("results dir holds %v", entries)
 				}
 				return
@@ -356,6 +357,7 @@ rollouts:
   - id: broken
     turns: [{code: "1"}]
   - id: idle
+    turns: []
 `, nil)
 	rep := runSpec(t, spec)
 	b := find(t, rep, "broken")

@@ -122,31 +122,41 @@ rollouts:
       - code: "export RLM_CONTENT=done RLM_READY=1"
 `, nil)
 	for i := 0; i < b.N; i++ {
-		var peak atomic.Int64
-		stop := make(chan struct{})
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			t := time.NewTicker(20 * time.Millisecond)
-			defer t.Stop()
-			for {
-				if rss := vmRSS(); rss > peak.Load() {
-					peak.Store(rss)
-				}
-				select {
-				case <-t.C:
-				case <-stop:
-					return
-				}
-			}
-		}()
+		peak := samplePeak(vmRSS)
 		rep := runSpec(b, spec, func(o *Options) { o.Concurrency = 64 })
-		close(stop)
-		<-done
+		rss := peak()
 		if len(rep.Results) != 64 || rep.Failed() {
 			b.Fatalf("%d results, failed %v", len(rep.Results), rep.Failed())
 		}
-		b.ReportMetric(float64(peak.Load())/(1<<20), "peak-rss-MB")
+		b.ReportMetric(float64(rss)/(1<<20), "peak-rss-MB")
+	}
+}
+
+// samplePeak samples f every 20 ms until the function it returns is
+// called, which returns the largest value seen.
+func samplePeak(f func() int64) func() int64 {
+	var peak atomic.Int64
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(20 * time.Millisecond)
+		defer t.Stop()
+		for {
+			if v := f(); v > peak.Load() {
+				peak.Store(v)
+			}
+			select {
+			case <-t.C:
+			case <-stop:
+				return
+			}
+		}
+	}()
+	return func() int64 {
+		close(stop)
+		<-done
+		return peak.Load()
 	}
 }
 

@@ -75,6 +75,9 @@ func replies(own, shared []schema.Reply) []subllm.Reply {
 		sr := subllm.Reply{Match: r.Match, Where: r.Path}
 		for _, st := range r.AllSteps() {
 			step := subllm.Step{Content: st.Content, HasContent: st.HasContent}
+			if u := st.Usage; u != nil {
+				step.Usage = &subllm.Usage{PromptTokens: u.PromptTokens, CompletionTokens: u.CompletionTokens, TotalTokens: u.PromptTokens + u.CompletionTokens}
+			}
 			for _, tc := range st.ToolCalls {
 				step.ToolCalls = append(step.ToolCalls, subllm.StepCall{Name: tc.Name, Arguments: tc.Arguments})
 			}

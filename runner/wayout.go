@@ -26,6 +26,8 @@ type wayOut struct {
 	mu      sync.Mutex
 	metrics metrics
 	masks   []mask // volatile strings printed during the current turn
+	calls   []Call
+	batches int
 }
 
 // wayOutConfig is what a rollout's routes need.
@@ -64,9 +66,13 @@ type metrics struct {
 
 func (env *runEnv) newWayOut(index int, inst schema.Instance, data map[string]any) (*wayOut, error) {
 	spec := env.spec
-	model, err := subllm.NewScripted(replies(inst.Rollout.SubLLMReplies, spec.SubLLM.Replies), data)
-	if err != nil {
-		return nil, err
+	model := env.models.sub
+	if model == nil {
+		scripted, err := subllm.NewScripted(replies(inst.Rollout.SubLLMReplies, spec.SubLLM.Replies), data)
+		if err != nil {
+			return nil, err
+		}
+		model = scripted
 	}
 	root, sub := spec.ToolLists()
 	sl := spec.SubLLM
@@ -107,6 +113,29 @@ func openWayOut(cfg wayOutConfig) *wayOut {
 
 func (w *wayOut) close() { w.cfg.server.Unregister(w.key) }
 
+// record adds calls to the rollout's trajectory.
+func (w *wayOut) record(calls ...Call) {
+	w.mu.Lock()
+	w.calls = append(w.calls, calls...)
+	w.mu.Unlock()
+}
+
+// takeCalls returns the trajectory's calls.
+func (w *wayOut) takeCalls() []Call {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	calls := w.calls
+	w.calls = nil
+	return calls
+}
+
+// subTokens counts the tokens the rollout's sub-LLMs used so far.
+func (w *wayOut) subTokens() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.metrics.subPromptTokens + w.metrics.subComplTokens
+}
+
 // toolInfos describe the root tools to the agent (llm_batch first).
 func (w *wayOut) toolInfos() []protocol.ToolInfo {
 	out := []protocol.ToolInfo{{Name: wire.ReservedToolName, Description: "Run prompts on sub-LLMs in parallel.", Params: []string{"prompts"}}}
@@ -129,10 +158,16 @@ func (w *wayOut) countRoot(name string, d time.Duration) {
 func (w *wayOut) rootTool(t schema.Tool) tunnel.ToolFunc {
 	return func(ctx context.Context, args []any, kwargs map[string]any) (any, []string, error) {
 		start := time.Now()
-		defer func() { w.countRoot(t.Name, time.Since(start)) }()
 		res, err := w.runHostTool(ctx, t, toolCall{
 			Tool: t.Name, Role: "root", Rollout: w.cfg.rollout, Args: args, Kwargs: kwargs, Vars: w.cfg.vars,
 		})
+		d := time.Since(start)
+		w.countRoot(t.Name, d)
+		c := Call{Kind: CallTool, Tool: t.Name, Args: args, Kwargs: kwargs, Result: res, DurationMS: float64(d.Microseconds()) / 1000}
+		if err != nil {
+			c.Result, c.Error = nil, err.Error()
+		}
+		w.record(c)
 		return res, nil, err
 	}
 }
@@ -195,6 +230,15 @@ func (w *wayOut) llmBatch(ctx context.Context, args []any, kwargs map[string]any
 	lines := subllm.SummaryLines(results, total)
 	contents := make([]any, len(results))
 	w.mu.Lock()
+	batch := w.batches
+	w.batches++
+	for i, r := range results {
+		c := Call{Kind: CallSubLLM, Batch: &batch, Item: i, Prompt: r.Prompt, Messages: r.Messages, Requests: r.Requests, ToolCalls: r.ToolCalls, Reply: r.Content}
+		if r.Err {
+			c.Reply, c.Error = "", r.Content
+		}
+		w.calls = append(w.calls, c)
+	}
 	m := &w.metrics
 	m.batchSizes = append(m.batchSizes, len(prompts))
 	m.batchTime += total
@@ -219,10 +263,17 @@ func (w *wayOut) chat(ctx context.Context, body []byte) (any, error) {
 	if err := json.Unmarshal(body, &req); err != nil {
 		return nil, &wire.BadRequest{Msg: "messages must be a list of role/content objects: " + err.Error()}
 	}
+	// The spec names the sub model: the REPL's code does not choose which
+	// model (and whose bill) answers.
+	asked := req.Model
+	req.Model = ""
 	resp, err := w.cfg.model.Complete(ctx, req)
 	if err != nil {
+		w.record(Call{Kind: CallChat, Messages: req.Messages, Error: err.Error()})
 		return nil, err
 	}
+	facts := resp.Facts()
+	w.record(Call{Kind: CallChat, Messages: append(append([]subllm.Message{}, req.Messages...), resp.Message), Requests: []subllm.RequestFacts{facts}, ToolCalls: len(resp.Message.ToolCalls), Reply: resp.Message.Content})
 	w.mu.Lock()
 	w.metrics.subCalls++
 	w.metrics.subTurns++
@@ -230,7 +281,7 @@ func (w *wayOut) chat(ctx context.Context, body []byte) (any, error) {
 	w.metrics.subComplTokens += resp.Usage.CompletionTokens
 	w.metrics.subToolCalls += len(resp.Message.ToolCalls)
 	w.mu.Unlock()
-	return subllm.AsCompletion(req.Model, resp), nil
+	return subllm.AsCompletion(asked, resp), nil
 }
 
 // unmask replaces the volatile strings printed during the turn and forgets them.

@@ -137,7 +137,12 @@ func (l *Loader) LoadBytes(file, dir string, data []byte) (*Spec, error) {
 	for ptr := range v.bad {
 		setPointer(root, ptr, nil)
 	}
+	// model: is a choice, not settings: defaults fill it only when given.
+	_, hasModel := root["model"]
 	applyDefaults(l.raw, l.raw, root)
+	if !hasModel {
+		delete(root, "model")
+	}
 
 	spec := &Spec{File: file, Dir: dir, positions: b.ix}
 	raw, err := json.Marshal(root)
@@ -151,6 +156,12 @@ func (l *Loader) LoadBytes(file, dir string, data []byte) (*Spec, error) {
 		return nil, joinProblems(file, probs)
 	}
 	spec.File, spec.Dir, spec.positions = file, dir, b.ix
+	if d := spec.BaseDir; d != "" {
+		if !filepath.IsAbs(d) {
+			d = filepath.Join(dir, d)
+		}
+		spec.Dir = filepath.Clean(d)
+	}
 	finishDecode(spec, root, b.ix)
 
 	sc := &semanticChecker{spec: spec, ix: b.ix, skip: v.bad}
@@ -184,9 +195,15 @@ func finishDecode(s *Spec, root map[string]any, ix *positionIx) {
 	for i := range s.SubLLM.Replies {
 		s.SubLLM.Replies[i].Path = fmt.Sprintf("sub_llm.replies[%d]", i)
 	}
+	rolls, _ := root["rollouts"].([]any)
 	for i := range s.Rollouts {
 		r := &s.Rollouts[i]
 		r.Index = i
+		if i < len(rolls) {
+			if m, ok := rolls[i].(map[string]any); ok {
+				_, r.Scripted = m["turns"]
+			}
+		}
 		for j := range r.Mutations {
 			r.Mutations[j].Path = fmt.Sprintf("rollouts[%d].mutations[%d]", i, j)
 		}
@@ -393,8 +410,9 @@ func (v *schemaValidator) propertyCountProblem(f failure) []Problem {
 func propsHint(node map[string]any) string {
 	props, _ := node["properties"].(map[string]any)
 	names := make([]string, 0, len(props))
-	for k := range props {
-		if k != "path" {
+	for k, v := range props {
+		// A modifier (x-modifier) goes with another key, never alone.
+		if mod, _ := v.(map[string]any)["x-modifier"].(bool); k != "path" && !mod {
 			names = append(names, k)
 		}
 	}

@@ -66,25 +66,25 @@ func TestProblemPositions(t *testing.T) {
 	}{
 		{
 			name: "wrong value",
-			yaml: "version: 1\nname: x\nrepl:\n  max_iterations: lots\nrollouts: [{id: a}]\n",
+			yaml: "version: 1\nname: x\nrepl:\n  max_iterations: lots\nrollouts: [{id: a, turns: []}]\n",
 			want: []Problem{{Pos: Pos{4, 19}, Path: "repl.max_iterations", Message: `expected an integer, got string "lots"`}},
 		},
 		{
 			name: "missing key points at the parent mapping",
-			yaml: "version: 1\nname: x\nrollouts:\n  - id: a\n    turns:\n      - {}\n",
-			want: []Problem{{Pos: Pos{6, 9}, Path: "rollouts[0].turns[0].code", Message: "missing required key"}},
+			yaml: "version: 1\nname: x\nroot_tools:\n  - {name: t}\nrollouts:\n  - id: a\n    turns: []\n",
+			want: []Problem{{Pos: Pos{4, 5}, Path: "root_tools[0].run", Message: "missing required key"}},
 		},
 		{
 			name: "unknown key points at the key",
-			yaml: "version: 1\nname: x\nrollouts:\n  - id: a\n    promt: hi\n",
-			want: []Problem{{Pos: Pos{5, 5}, Path: "rollouts[0].promt", Message: `unknown key "promt" (did you mean "prompt"?)`}},
+			yaml: "version: 1\nname: x\nrollouts:\n  - id: a\n    turns: []\n    promt: hi\n",
+			want: []Problem{{Pos: Pos{6, 5}, Path: "rollouts[0].promt", Message: `unknown key "promt" (did you mean "prompt"?)`}},
 		},
 		{
 			name: "several at once, in file order",
-			yaml: "version: 1\nname: X\nrollouts:\n  - id: a\n  - id: a\n",
+			yaml: "version: 1\nname: X\nrollouts:\n  - id: a\n    turns: []\n  - id: a\n    turns: []\n",
 			want: []Problem{
 				{Pos: Pos{2, 7}, Path: "name", Message: `must be lowercase letters, digits and '-', at most 63 characters, not starting or ending with '-', got string "X"`},
-				{Pos: Pos{5, 9}, Path: "rollouts[1].id", Message: `duplicate rollout id "a" (first at t.yaml:4:9)`},
+				{Pos: Pos{6, 9}, Path: "rollouts[1].id", Message: `duplicate rollout id "a" (first at t.yaml:4:9)`},
 			},
 		},
 	}
@@ -138,7 +138,7 @@ func TestDefaults(t *testing.T) {
 		{"backend.sandbox.lifetime", s.Backend.Sandbox.Lifetime.Duration, time.Hour},
 		{"backend.sandbox.network", s.Backend.Sandbox.Network, "none"},
 		{"backend.sandbox.create_retries", s.Backend.Sandbox.CreateRetries, 5},
-		{"sub_llm.model", s.SubLLM.Model, "scripted"},
+		{"sub_llm.model", s.SubLLM.Model.Kind, "scripted"},
 		{"sub_llm.max_parallelism", s.SubLLM.MaxParallelism, 5},
 		{"sub_llm.stagger_ms", s.SubLLM.StaggerMS, 200},
 		{"sub_llm.stagger_jitter_ms", s.SubLLM.StaggerJitterMS, 50},

@@ -61,6 +61,13 @@ func (c *semanticChecker) present(ptr string) bool {
 }
 
 func (c *semanticChecker) check() []Problem {
+	if c.spec.BaseDir != "" {
+		if st, err := os.Stat(c.spec.Dir); err != nil || !st.IsDir() {
+			c.at("base_dir", "folder %q not found (looked in %q)", c.spec.BaseDir, c.spec.Dir)
+			return c.probs
+		}
+	}
+	c.checkModel()
 	c.checkBackend()
 	c.checkTools()
 	c.checkDurations()
@@ -88,6 +95,44 @@ func (c *semanticChecker) checkBackend() {
 			ptr := "/backend/sandbox/" + key
 			if c.present(ptr) {
 				c.keyAt(ptr, "%s is a docker setting, but backend.sandbox.provider is %q", key, b.Sandbox.Provider)
+			}
+		}
+	}
+}
+
+// checkModel checks who plays the rollouts: a rollout without turns needs
+// the model, and sub_llm.model: root needs it too.
+func (c *semanticChecker) checkModel() {
+	s := c.spec
+	if s.Model == nil {
+		for i, r := range s.Rollouts {
+			if !r.Scripted {
+				c.at(fmt.Sprintf("rollouts[%d]", i), "rollout %q has no turns, so a model plays it, but the spec has no model section: add turns (a script, even turns: []) or a model", r.ID)
+			}
+		}
+		if s.SubLLM.Model.Kind == "root" {
+			c.at("sub_llm.model", "root means the root model, but the spec has no model section")
+		}
+	}
+	for i, r := range s.Rollouts {
+		for j, t := range r.Turns {
+			p := fmt.Sprintf("rollouts[%d].turns[%d]", i, j)
+			ptr := pointerOf(p)
+			if c.skip[ptr] {
+				continue // already reported
+			}
+			hasCode := c.present(ptr + "/code")
+			switch {
+			case hasCode == t.IsStop():
+				c.at(p, "a turn needs exactly one of code (a cell) and stop (the end)")
+			case t.IsStop() && j != len(r.Turns)-1:
+				c.at(p+".stop", "a stop ends the rollout: it must be the last turn")
+			case t.Answer != nil && t.Stop != "final_answer" && t.Stop != "max_iterations":
+				c.at(p+".answer", "answer goes with stop: final_answer or max_iterations")
+			case c.present(ptr+"/timeout") && !hasCode:
+				c.at(p+".timeout", "timeout goes with code")
+			case t.Timeout.Duration > s.REPL.CodeExecutionTimeout.Duration:
+				c.at(p+".timeout", "is longer than repl.code_execution_timeout (%s)", s.REPL.CodeExecutionTimeout.Duration)
 			}
 		}
 	}
@@ -488,6 +533,9 @@ func (c *semanticChecker) checkRollouts() {
 		scope := tmplScope{fields: tmpl.RolloutFields(), vars: vars}
 		for j, t := range r.Turns {
 			c.checkText(fmt.Sprintf("%s.turns[%d].code", p, j), t.Code, scope, data, "text")
+			if t.Answer != nil {
+				c.checkText(fmt.Sprintf("%s.turns[%d].answer", p, j), *t.Answer, scope, data, "text")
+			}
 		}
 		mPaths, mTexts := mutationStrings(r.Mutations, p+".mutations")
 		for _, f := range mPaths {
@@ -684,6 +732,9 @@ func (c *semanticChecker) checkReplies(rs []replyField, vars map[string]bool, da
 		}
 		for j, st := range r.Steps {
 			sp := fmt.Sprintf("%s.steps[%d]", p, j)
+			if st.Usage != nil && !st.HasContent && len(st.ToolCalls) == 0 {
+				report(sp, "usage goes with content or tool_calls: a step needs one of them")
+			}
 			if st.HasContent {
 				texts = append(texts, stringField{sp + ".content", st.Content})
 			}

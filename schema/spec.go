@@ -13,22 +13,26 @@ import (
 
 // Spec is a validated rlmrun spec with every default applied.
 type Spec struct {
-	Version     int         `json:"version"`
-	Name        string      `json:"name"`
-	Description string      `json:"description,omitempty"`
-	REPL        REPL        `json:"repl"`
-	Backend     Backend     `json:"backend"`
-	Tools       []Tool      `json:"tools,omitempty"`
-	RootTools   []Tool      `json:"root_tools,omitempty"`
-	SubTools    []Tool      `json:"sub_tools,omitempty"`
-	SubLLM      SubLLM      `json:"sub_llm"`
-	Filesystem  Filesystem  `json:"filesystem"`
-	Retention   Retention   `json:"retention"`
-	Rewards     []Reward    `json:"rewards,omitempty"`
-	Rollouts    []Rollout   `json:"rollouts"`
-	File        string      `json:"-"` // the spec file as given to the loader
-	Dir         string      `json:"-"` // absolute folder of the spec file; relative paths start here
-	positions   *positionIx `json:"-"`
+	Version     int    `json:"version"`
+	Name        string `json:"name"`
+	Description string `json:"description,omitempty"`
+	// BaseDir, when set, is where relative paths start and host commands
+	// run, instead of the spec's folder (relative to it).
+	BaseDir    string      `json:"base_dir,omitempty"`
+	REPL       REPL        `json:"repl"`
+	Backend    Backend     `json:"backend"`
+	Tools      []Tool      `json:"tools,omitempty"`
+	RootTools  []Tool      `json:"root_tools,omitempty"`
+	SubTools   []Tool      `json:"sub_tools,omitempty"`
+	Model      *Model      `json:"model,omitempty"`
+	SubLLM     SubLLM      `json:"sub_llm"`
+	Filesystem Filesystem  `json:"filesystem"`
+	Retention  Retention   `json:"retention"`
+	Rewards    []Reward    `json:"rewards,omitempty"`
+	Rollouts   []Rollout   `json:"rollouts"`
+	File       string      `json:"-"` // the spec file as given to the loader
+	Dir        string      `json:"-"` // absolute folder relative paths start from: the spec file's, or base_dir
+	positions  *positionIx `json:"-"`
 }
 
 // REPL configures the root model's REPL.
@@ -126,14 +130,78 @@ func (c Command) MarshalJSON() ([]byte, error) {
 	return json.Marshal(c.Argv)
 }
 
+// Model is the root model: an OpenAI-compatible endpoint and how the
+// rollout talks to it.
+type Model struct {
+	Endpoint
+	// Format is how the model runs code: tools, ipython or fenced.
+	Format       string `json:"format"`
+	SystemPrompt string `json:"system_prompt"`
+	Scaffolding  bool   `json:"scaffolding"`
+	// MaxConcurrency bounds the run's model requests in flight (root and sub).
+	MaxConcurrency int `json:"max_concurrency"`
+	// MaxTokensPerRollout stops a rollout (status budget) past it; 0: no limit.
+	MaxTokensPerRollout int `json:"max_tokens_per_rollout"`
+}
+
+// Endpoint is an OpenAI-compatible model: where, which, and how to ask.
+type Endpoint struct {
+	BaseURL    string   `json:"base_url"`
+	Name       string   `json:"name"`
+	APIKeyEnv  string   `json:"api_key_env"`
+	Sampling   Sampling `json:"sampling"`
+	Stream     bool     `json:"stream"`
+	Timeout    Duration `json:"timeout"`
+	MaxRetries int      `json:"max_retries"`
+}
+
+// Sampling are generation settings; nil means the server's default.
+type Sampling struct {
+	Temperature *float64       `json:"temperature,omitempty"`
+	TopP        *float64       `json:"top_p,omitempty"`
+	MaxTokens   *int           `json:"max_tokens,omitempty"`
+	Seed        *int64         `json:"seed,omitempty"`
+	Stop        []string       `json:"stop,omitempty"`
+	ExtraBody   map[string]any `json:"extra_body,omitempty"`
+}
+
+// SubModel is the sub-LLM: "scripted", "root", or an endpoint of its own.
+type SubModel struct {
+	Kind     string // scripted | root | endpoint
+	Endpoint *Endpoint
+}
+
+// UnmarshalJSON reads "scripted", "root" or an endpoint mapping.
+func (m *SubModel) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err == nil {
+		*m = SubModel{Kind: s}
+		return nil
+	}
+	var e Endpoint
+	if err := json.Unmarshal(b, &e); err != nil {
+		return err
+	}
+	*m = SubModel{Kind: "endpoint", Endpoint: &e}
+	return nil
+}
+
+// MarshalJSON writes the model in the form it was given.
+func (m SubModel) MarshalJSON() ([]byte, error) {
+	if m.Endpoint != nil {
+		return json.Marshal(m.Endpoint)
+	}
+	return json.Marshal(m.Kind)
+}
+
 // SubLLM configures llm_batch and the sub-LLMs behind it.
 type SubLLM struct {
-	Model           string  `json:"model"`
-	MaxParallelism  int     `json:"max_parallelism"`
-	StaggerMS       int     `json:"stagger_ms"`
-	StaggerJitterMS int     `json:"stagger_jitter_ms"`
-	ToolMaxTurns    int     `json:"tool_max_turns"`
-	Replies         []Reply `json:"replies,omitempty"`
+	Model           SubModel `json:"model"`
+	MaxParallelism  int      `json:"max_parallelism"`
+	StaggerMS       int      `json:"stagger_ms"`
+	StaggerJitterMS int      `json:"stagger_jitter_ms"`
+	ToolMaxTurns    int      `json:"tool_max_turns"`
+	Replies         []Reply  `json:"replies,omitempty"`
 }
 
 // Reply is a scripted sub-LLM answer for prompts matching a regex.
@@ -157,6 +225,15 @@ type Step struct {
 	ToolCalls  []ToolCall `json:"tool_calls,omitempty"`
 	Content    string     `json:"content,omitempty"`
 	HasContent bool       `json:"-"`
+	// Usage, when set, is the tokens the step reports (a recorded model's);
+	// otherwise they are estimated.
+	Usage *StepUsage `json:"usage,omitempty"`
+}
+
+// StepUsage is a scripted step's token count.
+type StepUsage struct {
+	PromptTokens     int `json:"prompt_tokens"`
+	CompletionTokens int `json:"completion_tokens"`
 }
 
 // UnmarshalJSON records whether content was given (an empty string is an answer too).
@@ -287,6 +364,9 @@ type Rollout struct {
 	SubLLMReplies []Reply    `json:"sub_llm_replies,omitempty"`
 	Expect        *Expect    `json:"expect,omitempty"`
 	Index         int        `json:"-"` // position in the spec's rollouts list
+	// Scripted says the rollout has turns (even none): a script plays it.
+	// Without, the model does.
+	Scripted bool `json:"-"`
 }
 
 // Vars are a rollout's template variables. YAML scalars of any type are kept
@@ -318,10 +398,18 @@ func (v *Vars) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// Turn is one scripted root-model turn: a REPL cell.
+// Turn is one scripted root-model turn: a REPL cell, or the end of the
+// rollout as a model ended it (Stop, with the final Answer).
 type Turn struct {
-	Code string `json:"code"`
+	Code string `json:"code,omitempty"`
+	// Timeout, when set, is this cell's timeout.
+	Timeout Duration `json:"timeout,omitempty"`
+	Stop    string   `json:"stop,omitempty"`
+	Answer  *string  `json:"answer,omitempty"`
 }
+
+// IsStop reports whether the turn ends the rollout instead of running code.
+func (t Turn) IsStop() bool { return t.Stop != "" }
 
 // Expect is what a correct rollout looks like.
 type Expect struct {

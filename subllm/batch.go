@@ -50,6 +50,7 @@ type BatchOptions struct {
 
 // ItemResult is one prompt's outcome.
 type ItemResult struct {
+	Prompt           string
 	Content          string
 	PromptTokens     int
 	CompletionTokens int
@@ -58,6 +59,24 @@ type ItemResult struct {
 	MaxTurns         bool
 	Err              bool
 	Duration         time.Duration
+	// Messages is the conversation as it ended (the model's replies
+	// included); Requests the facts of each model call in it.
+	Messages []Message
+	Requests []RequestFacts
+}
+
+// RequestFacts describe one model call.
+type RequestFacts struct {
+	Model        string  `json:"model,omitempty"`
+	FinishReason string  `json:"finish_reason,omitempty"`
+	Usage        Usage   `json:"usage"`
+	LatencyMS    float64 `json:"latency_ms"`
+	Retries      int     `json:"retries,omitempty"`
+}
+
+// Facts are a response's request facts.
+func (r *Response) Facts() RequestFacts {
+	return RequestFacts{Model: r.Model, FinishReason: r.FinishReason, Usage: r.Usage, LatencyMS: float64(r.Latency.Microseconds()) / 1000, Retries: r.Retries}
 }
 
 // RunBatch answers every prompt; results come back in input order. Item i
@@ -86,14 +105,14 @@ func RunBatch(ctx context.Context, o BatchOptions, prompts []string) []ItemResul
 				case <-t.C:
 				case <-ctx.Done():
 					t.Stop()
-					results[i] = ItemResult{Content: "Error in sub-LLM call: " + ctx.Err().Error(), Err: true}
+					results[i] = ItemResult{Prompt: prompt, Content: "Error in sub-LLM call: " + ctx.Err().Error(), Err: true}
 					return
 				}
 			}
 			select {
 			case slots <- struct{}{}:
 			case <-ctx.Done():
-				results[i] = ItemResult{Content: "Error in sub-LLM call: " + ctx.Err().Error(), Err: true}
+				results[i] = ItemResult{Prompt: prompt, Content: "Error in sub-LLM call: " + ctx.Err().Error(), Err: true}
 				return
 			}
 			if o.OnStart != nil {
@@ -134,13 +153,14 @@ func (o BatchOptions) call(ctx context.Context, req Request) (*Response, error) 
 
 // runItem is one sub-LLM conversation: the tool loop of up to ToolMaxTurns
 // rounds, then, if the rounds ran out, one more request without tools.
-func runItem(ctx context.Context, o BatchOptions, prompt string) ItemResult {
-	var r ItemResult
+func runItem(ctx context.Context, o BatchOptions, prompt string) (r ItemResult) {
+	r = ItemResult{Prompt: prompt}
 	withTools := len(o.Tools) > 0
 	msgs := []Message{
 		{Role: "system", Content: SystemPrompt(o.ToolMaxTurns, withTools)},
 		{Role: "user", Content: prompt},
 	}
+	defer func() { r.Messages = msgs }()
 	fail := func(err error) ItemResult {
 		r.Err = true
 		if errors.Is(err, errCallTimeout) {
@@ -154,6 +174,8 @@ func runItem(ctx context.Context, o BatchOptions, prompt string) ItemResult {
 		r.Turns++
 		r.PromptTokens += resp.Usage.PromptTokens
 		r.CompletionTokens += resp.Usage.CompletionTokens
+		r.Requests = append(r.Requests, resp.Facts())
+		msgs = append(msgs, resp.Message)
 	}
 	if !withTools {
 		resp, err := o.call(ctx, Request{Messages: msgs})
@@ -175,7 +197,6 @@ func runItem(ctx context.Context, o BatchOptions, prompt string) ItemResult {
 			return r
 		}
 		r.ToolCalls += len(resp.Message.ToolCalls)
-		msgs = append(msgs, resp.Message)
 		for _, tc := range resp.Message.ToolCalls {
 			var args map[string]any
 			if err := json.Unmarshal([]byte(tc.Function.Arguments), &args); err != nil {

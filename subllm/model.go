@@ -7,6 +7,7 @@ package subllm
 import (
 	"context"
 	"encoding/json"
+	"time"
 )
 
 // Message is one chat message, in the OpenAI shape.
@@ -16,6 +17,19 @@ type Message struct {
 	ToolCalls  []ToolCall `json:"tool_calls,omitempty"`
 	ToolCallID string     `json:"tool_call_id,omitempty"`
 	Name       string     `json:"name,omitempty"`
+	// Raw, when set, is the message exactly as a server sent it: it is what
+	// is sent back, and what a trajectory records.
+	Raw json.RawMessage `json:"-"`
+}
+
+// MarshalJSON writes Raw when the message came from a server, so a
+// conversation goes back exactly as it was received.
+func (m Message) MarshalJSON() ([]byte, error) {
+	if len(m.Raw) > 0 {
+		return m.Raw, nil
+	}
+	type plain Message
+	return json.Marshal(plain(m))
 }
 
 // ToolCall is a function call requested by the model.
@@ -49,6 +63,9 @@ type Request struct {
 	Model    string    `json:"model,omitempty"`
 	Messages []Message `json:"messages"`
 	Tools    []ToolDef `json:"tools,omitempty"`
+	// ParallelToolCalls, when set, says whether the model may call several
+	// tools in one reply.
+	ParallelToolCalls *bool `json:"parallel_tool_calls,omitempty"`
 }
 
 // Usage counts tokens.
@@ -62,6 +79,15 @@ type Usage struct {
 type Response struct {
 	Message Message
 	Usage   Usage
+	// FinishReason is why the model stopped: stop, length, tool_calls,
+	// content_filter ("" for the scripted model).
+	FinishReason string
+	// Model is the model that answered, as the server names it.
+	Model string
+	// Retries is how many attempts failed before this one; Latency the
+	// time the call took, retries included.
+	Retries int
+	Latency time.Duration
 }
 
 // Model answers chat completion requests. The scripted model implements it;
@@ -87,11 +113,18 @@ type Completion struct {
 	Usage   Usage    `json:"usage"`
 }
 
-// AsCompletion wraps a response in the OpenAI body.
+// AsCompletion wraps a response in the OpenAI body; model is the name the
+// request asked for, unless the response names the model that answered.
 func AsCompletion(model string, r *Response) Completion {
-	finish := "stop"
-	if len(r.Message.ToolCalls) > 0 {
-		finish = "tool_calls"
+	finish := r.FinishReason
+	if finish == "" {
+		finish = "stop"
+		if len(r.Message.ToolCalls) > 0 {
+			finish = "tool_calls"
+		}
+	}
+	if r.Model != "" {
+		model = r.Model
 	}
 	return Completion{
 		ID:      "chatcmpl-rlmrun",

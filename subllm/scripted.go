@@ -38,6 +38,8 @@ type Step struct {
 	// HasContent says Content was given (an empty answer is one too).
 	HasContent bool
 	ToolCalls  []StepCall
+	// Usage, when set, is what the step reports instead of an estimate.
+	Usage *Usage
 }
 
 // StepCall is a scripted tool call.
@@ -159,7 +161,11 @@ func (s *Scripted) Complete(ctx context.Context, req Request) (*Response, error)
 			Function: FunctionCall{Name: tc.Name, Arguments: string(b)},
 		})
 	}
-	return &Response{Message: msg, Usage: usage(req.Messages, msg)}, nil
+	u := usage(req.Messages, msg)
+	if st.Usage != nil {
+		u = *st.Usage
+	}
+	return &Response{Message: msg, Usage: u}, nil
 }
 
 // renderValue renders every string inside v as a template.

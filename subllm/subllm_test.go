@@ -249,3 +249,23 @@ func BenchmarkBatch100(b *testing.B) {
 		}
 	}
 }
+
+// An item keeps its whole conversation and the facts of its model calls.
+func TestItemKeepsItsConversation(t *testing.T) {
+	m := scripted(t, Reply{Match: "count", Steps: []Step{
+		{ToolCalls: []StepCall{{Name: "len", Arguments: map[string]any{"s": "abc"}}}},
+		{Content: `\boxed{3}`, HasContent: true},
+	}})
+	res := RunBatch(context.Background(), BatchOptions{
+		Model: m, Tools: []ToolDef{{Type: "function", Function: FunctionDef{Name: "len"}}}, MaxParallelism: 1, ToolMaxTurns: 3,
+		CallTool: func(context.Context, string, map[string]any) (string, error) { return "3", nil },
+	}, []string{"count abc"})
+	r := res[0]
+	roles := make([]string, len(r.Messages))
+	for i, msg := range r.Messages {
+		roles[i] = msg.Role
+	}
+	if r.Content != "3" || r.Prompt != "count abc" || strings.Join(roles, " ") != "system user assistant tool assistant" || len(r.Requests) != 2 {
+		t.Fatalf("item: %+v roles %v", r, roles)
+	}
+}

@@ -26,7 +26,7 @@ func writeSpec(t *testing.T, body string) string {
 	return p
 }
 
-const okSpec = "version: 1\nname: ok\nrepl: {language: python}\nrollouts:\n  - id: a\n    repeat: 2\n  - id: b\n"
+const okSpec = "version: 1\nname: ok\nrepl: {language: python}\nrollouts:\n  - id: a\n    repeat: 2\n    turns: []\n  - id: b\n    turns: []\n"
 
 func TestValidateExitCodes(t *testing.T) {
 	good := writeSpec(t, okSpec)

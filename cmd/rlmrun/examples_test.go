@@ -12,7 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rlmrun/rlmrun/internal/fakellm"
 	"github.com/rlmrun/rlmrun/internal/testbin"
+	"github.com/rlmrun/rlmrun/schema"
 )
 
 // rlmrunBin is the CLI built for tests that need a real agent process.
@@ -48,12 +50,21 @@ func TestExamplesValidate(t *testing.T) {
 	}
 }
 
-// TestExamplesRun runs every example end to end: each must pass.
+// TestExamplesRun runs every example end to end: each must pass. Examples
+// played by a real model get the test server's model, which solves them.
 func TestExamplesRun(t *testing.T) {
+	srv := fakellm.Start(fakellm.Options{Policy: fakellm.Secrets})
+	defer srv.Close()
 	for _, spec := range exampleSpecs(t) {
 		t.Run(filepath.Base(spec), func(t *testing.T) {
 			out := t.TempDir()
-			code, stdout, stderr := runCLI(t, "run", "--agent-binary", rlmrunBin, "--out-dir", out, spec)
+			args := []string{"run", "--agent-binary", rlmrunBin, "--out-dir", out}
+			if s, err := schema.Load(spec); err != nil {
+				t.Fatal(err)
+			} else if s.Model != nil {
+				args = append(args, "--base-url", srv.URL)
+			}
+			code, stdout, stderr := runCLI(t, append(args, spec)...)
 			if code != 0 {
 				t.Fatalf("run %s: exit %d\n%s%s", spec, code, stdout, stderr)
 			}
@@ -145,6 +156,14 @@ func TestInterruptedRunExitCode(t *testing.T) {
 			got := statuses(t, out)
 			if got["quick"] != "completed" || got["slow"] != "error" {
 				t.Errorf("statuses: %v", got)
+			}
+			// An interrupted rollout is one --resume runs again.
+			results, _ := filepath.Glob(filepath.Join(out, "*", "results.jsonl"))
+			for _, r := range readResults(t, results[0]) {
+				infra, _ := r["volatile"].(map[string]any)["infra_error"].(bool)
+				if infra != (r["id"] == "slow") {
+					t.Errorf("%s: infra_error %v", r["id"], infra)
+				}
 			}
 		})
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/rlmrun/rlmrun/internal/safetext"
 	"github.com/rlmrun/rlmrun/runner"
+	"github.com/rlmrun/rlmrun/subllm/chatapi"
 )
 
 // progress reports a run as it goes: on a terminal, one live line (done,
@@ -22,6 +23,10 @@ type progress struct {
 	quiet bool
 	total int
 	start time.Time
+	// models, when set, are the run's model requests and tokens.
+	models *chatapi.Stats
+	// lastRetry is when a model retry was last told.
+	lastRetry time.Time
 
 	mu      sync.Mutex
 	done    int
@@ -72,8 +77,17 @@ func (p *progress) draw() {
 		left := time.Duration(float64(elapsed) / float64(p.done) * float64(p.total-p.done))
 		eta = left.Round(time.Second).String()
 	}
-	fmt.Fprintf(p.w, "\r\033[K[%d/%d] done %d, failed %d, running %d, %s elapsed, ETA %s",
-		p.done, p.total, p.done, p.failed, p.running, elapsed.Round(100*time.Millisecond), eta)
+	fmt.Fprintf(p.w, "\r\033[K[%d/%d] done %d, failed %d, running %d, %s elapsed, ETA %s%s",
+		p.done, p.total, p.done, p.failed, p.running, elapsed.Round(100*time.Millisecond), eta, p.modelLine())
+}
+
+// modelLine is the model requests in flight and the tokens so far.
+func (p *progress) modelLine() string {
+	if p.models == nil {
+		return ""
+	}
+	return fmt.Sprintf("; model: %d in flight, %d request(s), %d tokens",
+		p.models.InFlight.Load(), p.models.Requests.Load(), p.models.PromptTokens.Load()+p.models.CompletionTokens.Load())
 }
 
 func (p *progress) started(string) {
@@ -103,7 +117,28 @@ func (p *progress) finished(r *runner.Result) {
 		if !r.Passed {
 			verdict = " FAILED"
 		}
-		fmt.Fprintf(p.w, "[%d/%d] %s: %s%s (%.2fs)%s\n", p.done, p.total, safetext.Line(r.ID), r.Status, reward, r.Volatile.Seconds, verdict)
+		fmt.Fprintf(p.w, "[%d/%d] %s: %s%s (%.2fs)%s%s\n", p.done, p.total, safetext.Line(r.ID), r.Status, reward, r.Volatile.Seconds, verdict, p.modelLine())
+	}
+}
+
+// retryEvery bounds how often model retries are told: a server that is
+// down fails every rollout's requests at once.
+const retryEvery = 5 * time.Second
+
+// modelRetry tells that model requests are failing and being retried.
+func (p *progress) modelRetry(attempt int, wait time.Duration, err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.quiet || time.Since(p.lastRetry) < retryEvery {
+		return
+	}
+	p.lastRetry = time.Now()
+	if p.live {
+		fmt.Fprint(p.w, "\r\033[K")
+	}
+	fmt.Fprintf(p.w, "rlmrun: model request failed (attempt %d), retrying in %s: %s\n", attempt, wait.Round(100*time.Millisecond), safetext.Line(err.Error()))
+	if p.live {
+		p.draw()
 	}
 }
 

@@ -23,6 +23,7 @@ import (
 	"github.com/rlmrun/rlmrun/internal/safetext"
 	"github.com/rlmrun/rlmrun/runner"
 	"github.com/rlmrun/rlmrun/schema"
+	"github.com/rlmrun/rlmrun/subllm/chatapi"
 )
 
 func runCommand() *cli.Command {
@@ -46,6 +47,8 @@ EXAMPLES:
    rlmrun run --backend sandbox --provider docker --image rlmrun-test:latest examples/hello-bash.yaml
    rlmrun run --filter 'solve*' --golden testdata/secrets.golden examples/rlm-secrets/bash.yaml
    rlmrun run --dry-run examples/hello-bash.yaml
+   rlmrun run --base-url http://127.0.0.1:8000/v1 --model Qwen/Qwen3-8B --record replay.yaml examples/real-model/rlm-secrets.yaml
+   rlmrun run --resume rlmrun-out/20261126-101500-a1b2c3 --retries 2 examples/real-model/rlm-secrets.yaml
    rlmrun examples/hello-bash.yaml`,
 		Flags: []cli.Flag{
 			&cli.IntFlag{Name: "concurrency", Aliases: []string{"j"}, Usage: "rollouts run at once (default: CPU count)"},
@@ -61,6 +64,14 @@ EXAMPLES:
 			&cli.BoolFlag{Name: "json", Usage: "print a machine-readable summary on stdout (the table goes to stderr)"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress and no table: the final line and problems only"},
 			&cli.BoolFlag{Name: "dry-run", Usage: "validate and print the plan (rollouts, backend, tools) without running"},
+			&cli.StringFlag{Name: "base-url", Usage: "the root model's OpenAI-compatible API root `URL`, e.g. http://127.0.0.1:8000/v1 (overrides model.base_url)"},
+			&cli.StringFlag{Name: "model", Usage: "the root model's `NAME` on its server (overrides model.name; the sub-LLM's too with sub_llm.model: root)"},
+			&cli.StringFlag{Name: "sub-model", Usage: "the sub-LLM's model `NAME` (on the root model's server, unless sub_llm.model names a server of its own)"},
+			&cli.StringFlag{Name: "api-key-env", Usage: "the environment `VAR`iable holding the API key (overrides model.api_key_env)"},
+			&cli.BoolFlag{Name: "scripted", Usage: "call no model: run only the rollouts with turns; sub-LLMs answer from the spec's replies"},
+			&cli.StringFlag{Name: "record", Usage: "write a scripted replay of the model's rollouts to `FILE` (rlmrun run FILE reproduces them)"},
+			&cli.StringFlag{Name: "resume", Usage: "resume the run in `RUN_DIR`: run only its rollouts without a result (or that ended in an infrastructure error), appending to its results"},
+			&cli.IntFlag{Name: "retries", Usage: "run a rollout that failed for an infrastructure reason (sandbox, model server, lost agent) again, up to `N` times"},
 			&cli.StringFlag{Name: "agent-binary", Usage: "the rlmrun binary to start as the agent (default: this one)", Hidden: true},
 		},
 		Action: runAction,
@@ -142,12 +153,17 @@ func runAction(c *cli.Context) error {
 	if c.Bool("json") {
 		table = c.App.ErrWriter
 	}
+	stats := &chatapi.Stats{}
 	prog := newProgress(c.App.ErrWriter, plan.total, c.Bool("quiet"), isTerminal(c.App.ErrWriter))
+	if plan.usesModel {
+		prog.models = stats
+	}
 	start := time.Now()
 	rep, err := runner.Run(ctx, runner.Options{
 		Spec:            plan.spec,
 		Backend:         be,
-		OutDir:          c.String("out-dir"),
+		RunID:           plan.resume.runID,
+		OutDir:          plan.outDir(c),
 		OutputFile:      c.String("output"),
 		Concurrency:     c.Int("concurrency"),
 		Filter:          plan.filter,
@@ -155,9 +171,16 @@ func runAction(c *cli.Context) error {
 		OnStart:         prog.started,
 		OnResult:        prog.finished,
 		InterceptionURL: plan.spec.Backend.InterceptionURL,
+		ModelStats:      stats,
+		OnModelRetry:    prog.modelRetry,
+		Retries:         c.Int("retries"),
+		Previous:        plan.resume.previous,
 	})
 	prog.close()
 	if err != nil && rep == nil {
+		if errors.Is(err, runner.ErrNoModel) {
+			return withCode(exitUsage, err)
+		}
 		return withCode(exitFailed, err)
 	}
 	var problems []string
@@ -166,6 +189,9 @@ func runAction(c *cli.Context) error {
 	}
 	out, rerr := writeReports(c, table, plan.spec, rep, time.Since(start))
 	problems = append(problems, rerr...)
+	if f := c.String("record"); f != "" {
+		problems = append(problems, record(table, f, plan.spec, rep)...)
+	}
 	return exitCode(rep, sig.got(), problems, out.goldenDiffs)
 }
 
@@ -176,6 +202,18 @@ type runPlan struct {
 	spec   *schema.Spec
 	filter func(string) bool
 	total  int
+	// usesModel says a model plays a rollout or answers a sub-LLM.
+	usesModel bool
+	resume    resumed
+}
+
+// outDir is where the run's results go: the resumed run's, --out-dir, or
+// the spec's.
+func (p *runPlan) outDir(c *cli.Context) string {
+	if p.resume.outDir != "" {
+		return p.resume.outDir
+	}
+	return c.String("out-dir")
 }
 
 // prepareRun checks the command line and the spec, and every report path,
@@ -194,29 +232,58 @@ func prepareRun(c *cli.Context) (*runPlan, error) {
 	if err := applyOverrides(c, spec); err != nil {
 		return nil, withCode(exitUsage, err)
 	}
+	if err := applyModelOverrides(c, spec); err != nil {
+		return nil, withCode(exitUsage, err)
+	}
 	filter, err := filterFunc(c.StringSlice("filter"))
 	if err != nil {
 		return nil, withCode(exitUsage, err)
+	}
+	if c.Bool("scripted") {
+		filter = both(filter, func(id string) bool { return rolloutOf(spec, id).Scripted })
+	}
+	var res resumed
+	if dir := c.String("resume"); dir != "" {
+		if res, err = loadResume(c, dir, spec); err != nil {
+			return nil, withCode(exitUsage, err)
+		}
+		filter = both(filter, func(id string) bool { return !res.done[id] })
 	}
 	if c.Bool("dry-run") {
 		printPlan(c, file, spec)
 		return nil, nil
 	}
-	reports := map[string]string{"--output": c.String("output"), "--junit": c.String("junit")}
+	reports := map[string]string{"--output": c.String("output"), "--junit": c.String("junit"), "--record": c.String("record")}
 	if c.Bool("update-golden") {
 		reports["--golden"] = c.String("golden")
 	}
 	if err := checkReports(spec, reports); err != nil {
 		return nil, withCode(exitUsage, err)
 	}
-	plan := &runPlan{file: file, spec: spec, filter: filter}
+	plan := &runPlan{file: file, spec: spec, filter: filter, resume: res}
+	played := 0
 	for _, in := range spec.ExpandedRollouts() {
 		if filter == nil || filter(in.ID) {
 			plan.total++
+			if !in.Rollout.Scripted {
+				played++
+			}
 		}
 	}
-	if plan.total == 0 {
+	plan.usesModel = played > 0 || spec.SubLLM.Model.Kind != "scripted"
+	switch {
+	case plan.total == 0 && res.runID != "":
+		fmt.Fprintf(c.App.ErrWriter, "rlmrun: nothing to resume: every selected rollout of %s has a result\n", safetext.Line(c.String("resume")))
+	case plan.total == 0 && c.Bool("scripted"):
+		return nil, withCode(exitUsage, fmt.Errorf("--scripted: no selected rollout of %s has turns", file))
+	case plan.total == 0:
 		return nil, withCode(exitUsage, fmt.Errorf("--filter matches no rollout of %s", file))
+	}
+	if c.String("record") != "" && played == 0 && res.runID == "" {
+		return nil, withCode(exitUsage, errors.New("--record: no selected rollout is played by a model (they all have turns)"))
+	}
+	if err := runner.CheckModels(spec, played > 0); err != nil {
+		return nil, withCode(exitUsage, err)
 	}
 	return plan, nil
 }

@@ -93,6 +93,13 @@ func toolNames(s *schema.Spec) (root, sub []string) {
 	return root, sub
 }
 
+func orUnset(s string) string {
+	if s == "" {
+		return "(not set)"
+	}
+	return s
+}
+
 func printPlan(c *cli.Context, file string, s *schema.Spec) {
 	w := c.App.Writer
 	root, sub := toolNames(s)
@@ -104,9 +111,24 @@ func printPlan(c *cli.Context, file string, s *schema.Spec) {
 	if len(sub) > 0 {
 		fmt.Fprintf(w, "  sub tools:  %s\n", strings.Join(sub, ", "))
 	}
+	if m := s.Model; m != nil {
+		fmt.Fprintf(w, "  model:      %s at %s (format %s, %d requests in flight at most)\n", safetext.Line(orUnset(m.Name)), safetext.Line(orUnset(m.BaseURL)), m.Format, m.MaxConcurrency)
+	}
+	switch sm := s.SubLLM.Model; sm.Kind {
+	case "endpoint":
+		fmt.Fprintf(w, "  sub-LLM:    %s at %s\n", safetext.Line(sm.Endpoint.Name), safetext.Line(sm.Endpoint.BaseURL))
+	case "root":
+		fmt.Fprintf(w, "  sub-LLM:    the root model\n")
+	default:
+		fmt.Fprintf(w, "  sub-LLM:    scripted\n")
+	}
 	insts := s.ExpandedRollouts()
 	fmt.Fprintf(w, "  rollouts:   %d\n", len(insts))
 	for _, in := range insts {
-		fmt.Fprintf(w, "    %-24s %d turn(s)\n", in.ID, len(in.Rollout.Turns))
+		if in.Rollout.Scripted {
+			fmt.Fprintf(w, "    %-24s %d turn(s)\n", in.ID, len(in.Rollout.Turns))
+		} else {
+			fmt.Fprintf(w, "    %-24s played by the model\n", in.ID)
+		}
 	}
 }

@@ -61,6 +61,12 @@ func Funcs() template.FuncMap {
 // as itself.
 func IsTemplate(text string) bool { return strings.Contains(text, "{{") }
 
+// Escape returns a template that renders as text: every "{{" becomes
+// {{"{{"}}. (A "}}" outside an action is plain text already.)
+func Escape(text string) string {
+	return strings.ReplaceAll(text, "{{", `{{"{{"}}`)
+}
+
 // Render executes text as a spec template over data. A missing map key is an
 // error, not "<no value>".
 func Render(name, text string, data map[string]any) (string, error) {

@@ -29,3 +29,18 @@ func TestRenderMissingVarIsAnError(t *testing.T) {
 		t.Fatalf("Render = %q, %v", out, err)
 	}
 }
+
+func FuzzEscapeRendersItself(f *testing.F) {
+	for _, s := range []string{"", "plain", "{{ .vars.x }}", "{{{", "a{{{b", "}}{{", "{{-", "x{{\"{{\"}}y", "{{/* c */}}", "{", "{{{{{"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		out, err := Render("escaped", Escape(s), map[string]any{})
+		if err != nil {
+			t.Fatalf("Escape(%q) does not render: %v", s, err)
+		}
+		if out != s {
+			t.Fatalf("Escape(%q) renders %q", s, out)
+		}
+	})
+}
