@@ -47,13 +47,14 @@ type modelOptions struct {
 // a missing base_url or name (ErrNoModel). needRoot says a rollout played
 // by the root model will run.
 func CheckModels(spec *schema.Spec, needRoot bool) error {
-	_, err := newModels(spec, needRoot, modelOptions{getenv: func(string) string { return "" }})
+	root, sub := spec.ToolLists()
+	_, err := newModels(spec, needRoot, root, sub, modelOptions{getenv: func(string) string { return "" }})
 	return err
 }
 
 // newModels builds the clients the spec asks for; the root model's only
 // when a rollout it plays runs.
-func newModels(spec *schema.Spec, needRoot bool, o modelOptions) (*models, error) {
+func newModels(spec *schema.Spec, needRoot bool, rootTools, subTools []schema.Tool, o modelOptions) (*models, error) {
 	if o.getenv == nil {
 		o.getenv = os.Getenv
 	}
@@ -97,7 +98,7 @@ func newModels(spec *schema.Spec, needRoot bool, o modelOptions) (*models, error
 		if err != nil {
 			return nil, err
 		}
-		sc := newScaffold(spec)
+		sc := newScaffold(spec, rootTools, subTools)
 		ms.root = &rootModel{client: c, name: m.Name, format: m.Format, scaffold: sc, systemPrompt: m.SystemPrompt, scaffolding: m.Scaffolding, budget: m.MaxTokensPerRollout}
 	}
 	switch sm := spec.SubLLM.Model; sm.Kind {

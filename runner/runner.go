@@ -137,6 +137,7 @@ type runEnv struct {
 	server          *tunnel.Server // the run's interception server
 	spawner         *hostcmd.Spawner
 	models          *models
+	tools           *toolSet
 }
 
 // NewRunID returns a fresh run id: time, then randomness.
@@ -151,7 +152,7 @@ func NewRunID() string {
 // that stop the run itself (an unwritable results file, ...). When ctx ends,
 // no new rollout starts, running ones are cancelled, and what finished is kept.
 func Run(ctx context.Context, opts Options) (*Report, error) {
-	r, err := newRunner(opts)
+	r, err := newRunner(ctx, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -173,7 +174,7 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 // newRunner applies the options' defaults and makes what a run holds: its
 // results directory, its temporary directory, its interception server and
 // its results file.
-func newRunner(opts Options) (*Runner, error) {
+func newRunner(ctx context.Context, opts Options) (*Runner, error) {
 	if opts.Spec == nil || opts.Backend == nil {
 		return nil, errors.New("runner: spec and backend are required")
 	}
@@ -222,7 +223,11 @@ func newRunner(opts Options) (*Runner, error) {
 	for _, in := range r.instances() {
 		needRoot = needRoot || !in.Rollout.Scripted
 	}
-	if r.models, err = newModels(spec, needRoot, modelOptions{getenv: opts.Getenv, stats: opts.ModelStats, http: opts.HTTPClient, onRetry: opts.OnModelRetry}); err != nil {
+	if r.tools, err = buildTools(ctx, spec, r.spawner, r.outDir); err != nil {
+		r.close()
+		return nil, err
+	}
+	if r.models, err = newModels(spec, needRoot, definitions(r.tools.root), definitions(r.tools.sub), modelOptions{getenv: opts.Getenv, stats: opts.ModelStats, http: opts.HTTPClient, onRetry: opts.OnModelRetry}); err != nil {
 		r.close()
 		return nil, err
 	}
@@ -253,6 +258,9 @@ func newRunner(opts Options) (*Runner, error) {
 func (r *Runner) close() {
 	if r.server != nil {
 		_ = r.server.Close()
+	}
+	if r.tools != nil {
+		r.tools.close()
 	}
 	if r.results != nil {
 		_ = r.results.Close()

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/rlmrun/rlmrun/backends/local"
+	"github.com/rlmrun/rlmrun/internal/mcptest"
 	"github.com/rlmrun/rlmrun/internal/testbin"
 	"github.com/rlmrun/rlmrun/schema"
 )
@@ -19,6 +20,7 @@ import (
 var agentBin string
 
 func TestMain(m *testing.M) {
+	mcptest.MainIfServer() // the test binary is also the tests' MCP server
 	testbin.Main(m, &agentBin)
 }
 

@@ -30,8 +30,9 @@ type scaffold struct {
 	budget      int
 }
 
-func newScaffold(spec *schema.Spec) scaffold {
-	root, sub := spec.ToolLists()
+// newScaffold describes the run's REPL and tools (llm_batch aside) to its
+// root model.
+func newScaffold(spec *schema.Spec, root, sub []schema.Tool) scaffold {
 	return scaffold{
 		language:    spec.REPL.Language,
 		format:      spec.Model.Format,

@@ -51,59 +51,66 @@ func selfCPU() time.Duration {
 }
 
 // BenchmarkScaleRLMSecrets runs the rlm-secrets Bash solution many times
-// (RLMRUN_SCALE_N, default 500) at concurrency 8, on the local backend and
-// in bubblewrap, and splits the time: CPU of the host tools' processes, of
-// the runner itself, and of everything else (agents, shells, the commands
-// the cells run). Targets: 500 rollouts in <= 40 s local, <= 50 s bwrap.
-// Run with: go test ./runner -run '^$' -bench ScaleRLMSecrets -benchtime 1x
+// (RLMRUN_SCALE_N, default 500) at concurrency 8, with its tools as
+// commands (a process per call) and as MCP servers (one process for the
+// run), on the local backend and in bubblewrap, and splits the time: CPU of
+// the host tools' processes, of the runner itself, and of everything else
+// (agents, shells, the commands the cells run, MCP servers). Targets with
+// MCP: 500 rollouts in <= 25 s local, <= 30 s bwrap.
+// Run with: go test ./runner -run '^$' -bench 'ScaleRLMSecrets/mcp' -benchtime 1x
 func BenchmarkScaleRLMSecrets(b *testing.B) {
 	n := 500
 	if v, err := strconv.Atoi(os.Getenv("RLMRUN_SCALE_N")); err == nil && v > 0 {
 		n = v
 	}
-	for _, be := range []string{"local", "bwrap"} {
-		b.Run(be, func(b *testing.B) {
-			spec, err := schema.Load("../examples/rlm-secrets/bash.yaml")
-			if err != nil {
-				b.Fatal(err)
-			}
-			spec.Rollouts = spec.Rollouts[:1] // solve
-			spec.Rollouts[0].Repeat = n
-			var backend Backend
-			if be == "local" {
-				backend, err = local.New(local.Options{AgentPath: agentBin})
-			} else {
-				spec.Backend.Type = "sandbox"
-				backend, _, _ = newBwrap(b, spec)
-			}
-			if err != nil {
-				b.Fatal(err)
-			}
-			for i := 0; i < b.N; i++ {
-				machine0, self0 := machineCPU(b), selfCPU()
-				t0 := time.Now()
-				rep := runSpec(b, spec, func(o *Options) { o.Backend = backend; o.Concurrency = 8 })
-				wall := time.Since(t0)
-				machine1, self1 := machineCPU(b), selfCPU()
-				toolCPU, toolProcs := 0.0, 0
-				for _, r := range rep.Results {
-					if !r.Passed {
-						b.Fatalf("%s: %s %s", r.ID, r.Status, r.Error)
-					}
-					toolCPU += r.Volatile.Metrics["host_tool_cpu_seconds"].(float64)
-					toolProcs += r.Volatile.Metrics["host_tool_processes"].(int)
+	for _, tools := range []string{"commands", "mcp"} {
+		file := map[string]string{"commands": "../examples/rlm-secrets/bash.yaml", "mcp": "../examples/rlm-secrets-mcp/bash.yaml"}[tools]
+		for _, be := range []string{"local", "bwrap"} {
+			b.Run(tools+"/"+be, func(b *testing.B) {
+				spec, err := schema.Load(file)
+				if err != nil {
+					b.Fatal(err)
 				}
-				total := (machine1 - machine0).Seconds()
-				runner := (self1 - self0).Seconds()
-				b.ReportMetric(wall.Seconds(), "wall-s")
-				b.ReportMetric(total, "cpu-s")
-				b.ReportMetric(toolCPU, "tool-cpu-s")
-				b.ReportMetric(float64(toolProcs), "tool-procs")
-				b.ReportMetric(toolCPU/float64(toolProcs)*1000, "tool-cpu-ms/call")
-				b.ReportMetric(runner, "runner-cpu-s")
-				b.ReportMetric(total-toolCPU-runner, "rest-cpu-s")
-			}
-		})
+				spec.Rollouts = spec.Rollouts[:1] // solve
+				spec.Rollouts[0].Repeat = n
+				var backend Backend
+				if be == "local" {
+					backend, err = local.New(local.Options{AgentPath: agentBin})
+				} else {
+					spec.Backend.Type = "sandbox"
+					backend, _, _ = newBwrap(b, spec)
+				}
+				if err != nil {
+					b.Fatal(err)
+				}
+				for i := 0; i < b.N; i++ {
+					machine0, self0 := machineCPU(b), selfCPU()
+					t0 := time.Now()
+					rep := runSpec(b, spec, func(o *Options) { o.Backend = backend; o.Concurrency = 8 })
+					wall := time.Since(t0)
+					machine1, self1 := machineCPU(b), selfCPU()
+					toolCPU, toolProcs := 0.0, 0
+					for _, r := range rep.Results {
+						if !r.Passed {
+							b.Fatalf("%s: %s %s", r.ID, r.Status, r.Error)
+						}
+						toolCPU += r.Volatile.Metrics["host_tool_cpu_seconds"].(float64)
+						toolProcs += r.Volatile.Metrics["host_tool_processes"].(int)
+					}
+					total := (machine1 - machine0).Seconds()
+					runner := (self1 - self0).Seconds()
+					b.ReportMetric(wall.Seconds(), "wall-s")
+					b.ReportMetric(total, "cpu-s")
+					b.ReportMetric(toolCPU, "tool-cpu-s")
+					b.ReportMetric(float64(toolProcs), "tool-procs")
+					if toolProcs > 0 {
+						b.ReportMetric(toolCPU/float64(toolProcs)*1000, "tool-cpu-ms/call")
+					}
+					b.ReportMetric(runner, "runner-cpu-s")
+					b.ReportMetric(total-toolCPU-runner, "rest-cpu-s")
+				}
+			})
+		}
 	}
 }
 

@@ -28,6 +28,9 @@ type wayOut struct {
 	masks   []mask // volatile strings printed during the current turn
 	calls   []Call
 	batches int
+
+	// servers are the MCP servers the rollout started (scope rollout).
+	servers *rolloutServers
 }
 
 // wayOutConfig is what a rollout's routes need.
@@ -37,8 +40,8 @@ type wayOutConfig struct {
 	index   int    // its position in the run, for the route's key
 	vars    map[string]string
 	model   subllm.Model
-	root    []schema.Tool // root tools, llm_batch aside
-	sub     []schema.Tool
+	root    []tool // root tools, llm_batch aside
+	sub     []tool
 	host    hostTools
 	// batch holds llm_batch's settings; the model, tools and tool caller
 	// are the way out's.
@@ -74,7 +77,6 @@ func (env *runEnv) newWayOut(index int, inst schema.Instance, data map[string]an
 		}
 		model = scripted
 	}
-	root, sub := spec.ToolLists()
 	sl := spec.SubLLM
 	return openWayOut(wayOutConfig{
 		server:  env.server,
@@ -82,8 +84,8 @@ func (env *runEnv) newWayOut(index int, inst schema.Instance, data map[string]an
 		index:   index,
 		vars:    inst.Rollout.Vars,
 		model:   model,
-		root:    root,
-		sub:     sub,
+		root:    env.tools.root,
+		sub:     env.tools.sub,
 		host:    hostTools{spawner: env.spawner, dir: spec.Dir},
 		batch: subllm.BatchOptions{
 			MaxParallelism: sl.MaxParallelism,
@@ -98,9 +100,10 @@ func (env *runEnv) newWayOut(index int, inst schema.Instance, data map[string]an
 // openWayOut registers a rollout's routes.
 func openWayOut(cfg wayOutConfig) *wayOut {
 	w := &wayOut{
-		cfg:    cfg,
-		key:    fmt.Sprintf("r%d-%s", cfg.index, tunnel.NewSecret()[:8]),
-		secret: tunnel.NewSecret(),
+		cfg:     cfg,
+		key:     fmt.Sprintf("r%d-%s", cfg.index, tunnel.NewSecret()[:8]),
+		secret:  tunnel.NewSecret(),
+		servers: &rolloutServers{rollout: cfg.rollout},
 	}
 	w.metrics.rootCalls = map[string]int{}
 	tools := map[string]tunnel.ToolFunc{wire.ReservedToolName: w.llmBatch}
@@ -111,7 +114,10 @@ func openWayOut(cfg wayOutConfig) *wayOut {
 	return w
 }
 
-func (w *wayOut) close() { w.cfg.server.Unregister(w.key) }
+func (w *wayOut) close() {
+	w.cfg.server.Unregister(w.key)
+	w.servers.close()
+}
 
 // record adds calls to the rollout's trajectory.
 func (w *wayOut) record(calls ...Call) {
@@ -155,7 +161,7 @@ func (w *wayOut) countRoot(name string, d time.Duration) {
 	w.mu.Unlock()
 }
 
-func (w *wayOut) rootTool(t schema.Tool) tunnel.ToolFunc {
+func (w *wayOut) rootTool(t tool) tunnel.ToolFunc {
 	return func(ctx context.Context, args []any, kwargs map[string]any) (any, []string, error) {
 		start := time.Now()
 		res, err := w.runHostTool(ctx, t, toolCall{
@@ -172,10 +178,14 @@ func (w *wayOut) rootTool(t schema.Tool) tunnel.ToolFunc {
 	}
 }
 
-// runHostTool runs a tool's command and accounts for its time.
-func (w *wayOut) runHostTool(ctx context.Context, t schema.Tool, call toolCall) (any, error) {
+// runHostTool runs a tool — its command, or its MCP server's call — and
+// accounts for the time of host processes.
+func (w *wayOut) runHostTool(ctx context.Context, t tool, call toolCall) (any, error) {
+	if t.mcp != nil {
+		return w.callMCP(ctx, t, call)
+	}
 	start := time.Now()
-	res, cpu, err := w.cfg.host.run(ctx, t, call)
+	res, cpu, err := w.cfg.host.run(ctx, t.Tool, call)
 	w.mu.Lock()
 	w.metrics.hostToolTime += time.Since(start)
 	w.metrics.hostToolCPU += cpu

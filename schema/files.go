@@ -51,6 +51,9 @@ func (s *Spec) Inputs() []string {
 			program(t.Run)
 		}
 	}
+	for _, m := range s.MCPServers {
+		program(m.Command)
+	}
 	for _, r := range s.Rewards {
 		if r.Run != nil {
 			program(*r.Run)

@@ -70,6 +70,7 @@ func (c *semanticChecker) check() []Problem {
 	c.checkModel()
 	c.checkBackend()
 	c.checkTools()
+	c.checkMCPServers()
 	c.checkDurations()
 	c.checkFilesystem()
 	c.checkRewards()
@@ -162,6 +163,9 @@ func (c *semanticChecker) checkTools() {
 			}
 			defs[l.key] = append(defs[l.key], toolDef{t, p})
 			c.checkToolDef(t, p)
+			if what := HiddenByTool(s.REPL.Language, t.Name); what != "" && l.key != "sub_tools" {
+				c.at(p+".name", "a root tool %q would hide %s in the REPL: name it otherwise", t.Name, what)
+			}
 		}
 	}
 	for _, list := range []struct {
@@ -174,6 +178,55 @@ func (c *semanticChecker) checkTools() {
 			c.at(cl.second.path+".name", "tool %q is defined differently at %s (%s): in %s one name must mean one tool", cl.second.tool.Name, cl.first.path, c.spec.Where(cl.first.path), list.where)
 		}
 	}
+}
+
+// checkMCPServers checks what can be known of MCP servers without
+// starting them: one of command and url, unique names, programs that
+// exist, tools listed once. Their tools are checked when they start.
+func (c *semanticChecker) checkMCPServers() {
+	names := map[string]string{}
+	for i, m := range c.spec.MCPServers {
+		p := fmt.Sprintf("mcp_servers[%d]", i)
+		if prev, ok := names[m.Name]; ok && m.Name != "" {
+			c.at(p+".name", "server %q is also %s", m.Name, prev)
+		}
+		names[m.Name] = p
+		// A value the schema refused is there all the same.
+		hasCmd := !m.Command.IsZero() || c.skip[pointerOf(p+".command")]
+		hasURL := m.URL != "" || c.skip[pointerOf(p+".url")]
+		switch {
+		case hasCmd == hasURL:
+			c.at(p, "give exactly one of command (a stdio server) and url (a streamable HTTP server)")
+		case hasURL && len(m.Env) > 0:
+			c.at(p+".env", "env is for a command's process; a url server runs elsewhere")
+		case hasURL && len(m.PassEnv) > 0:
+			c.at(p+".pass_env", "pass_env is for a command's process; a url server runs elsewhere")
+		}
+		c.checkCommand(m.Command, p+".command")
+		seen := map[string]bool{}
+		for j, t := range m.Tools {
+			if seen[t] {
+				c.at(fmt.Sprintf("%s.tools[%d]", p, j), "%q is listed twice", t)
+			}
+			seen[t] = true
+		}
+	}
+}
+
+// MCPToolName is an MCP tool's name as a Bash command, a Python function
+// and a sub-LLM's tool: what is not a letter, a digit or '_' becomes '_'
+// (get-sum: get_sum), and a leading digit gets a '_' before it.
+func MCPToolName(name string) string {
+	b := []byte(name)
+	for i, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_') {
+			b[i] = '_'
+		}
+	}
+	if len(b) == 0 || b[0] >= '0' && b[0] <= '9' {
+		b = append([]byte{'_'}, b...)
+	}
+	return string(b)
 }
 
 // clash is two different tools of one name in a tool list.
@@ -295,6 +348,10 @@ func (c *semanticChecker) checkDurations() {
 		for i, t := range l.tools {
 			check(t.Timeout, fmt.Sprintf("/%s/%d/timeout", l.key, i), fmt.Sprintf("%s[%d].timeout", l.key, i))
 		}
+	}
+	for i, m := range s.MCPServers {
+		check(m.StartupTimeout, fmt.Sprintf("/mcp_servers/%d/startup_timeout", i), fmt.Sprintf("mcp_servers[%d].startup_timeout", i))
+		check(m.Timeout, fmt.Sprintf("/mcp_servers/%d/timeout", i), fmt.Sprintf("mcp_servers[%d].timeout", i))
 	}
 	for i, r := range s.Rewards {
 		check(r.Timeout, fmt.Sprintf("/rewards/%d/timeout", i), fmt.Sprintf("rewards[%d].timeout", i))
@@ -685,6 +742,20 @@ func (c *semanticChecker) checkReplies(rs []replyField, vars map[string]bool, da
 	for _, t := range append(append([]Tool{}, c.spec.Tools...), c.spec.SubTools...) {
 		subTools[t.Name] = true
 	}
+	// An MCP server's tools are known when it starts (the runner checks
+	// the replies then); those its tools list names are known now.
+	anyMCP := false
+	for _, m := range c.spec.MCPServers {
+		if m.Role != "sub" && m.Role != "both" {
+			continue
+		}
+		if len(m.Tools) == 0 {
+			anyMCP = true
+		}
+		for _, t := range m.Tools {
+			subTools[m.Prefix+MCPToolName(t)] = true
+		}
+	}
 	report := func(path, format string, args ...any) {
 		if onlyVars {
 			return
@@ -740,7 +811,7 @@ func (c *semanticChecker) checkReplies(rs []replyField, vars map[string]bool, da
 			}
 			for k, tc := range st.ToolCalls {
 				tp := fmt.Sprintf("%s.tool_calls[%d]", sp, k)
-				if tc.Name != "" && !subTools[tc.Name] {
+				if tc.Name != "" && !subTools[tc.Name] && !anyMCP {
 					report(tp+".name", "sub tool %q is not defined (sub tools: tools and sub_tools)%s", tc.Name, didYouMean(tc.Name, subTools))
 				}
 				collectArgStrings(tc.Arguments, tp+".arguments", &texts)

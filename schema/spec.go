@@ -24,6 +24,7 @@ type Spec struct {
 	Tools      []Tool      `json:"tools,omitempty"`
 	RootTools  []Tool      `json:"root_tools,omitempty"`
 	SubTools   []Tool      `json:"sub_tools,omitempty"`
+	MCPServers []MCPServer `json:"mcp_servers,omitempty"`
 	Model      *Model      `json:"model,omitempty"`
 	SubLLM     SubLLM      `json:"sub_llm"`
 	Filesystem Filesystem  `json:"filesystem"`
@@ -79,6 +80,24 @@ type Tool struct {
 	HostEnv
 	// ParamNames lists the parameters in declaration order (positional order).
 	ParamNames []string `json:"-"`
+}
+
+// MCPServer is an MCP server whose tools are root and/or sub tools.
+type MCPServer struct {
+	Name    string  `json:"name"`
+	Command Command `json:"command"`
+	URL     string  `json:"url,omitempty"`
+	HostEnv
+	// Scope is run (one server for the run) or rollout (one per rollout).
+	Scope string `json:"scope"`
+	// Tools are the tools to expose, by the server's names (nil: all).
+	Tools []string `json:"tools,omitempty"`
+	// Role is root, sub or both.
+	Role string `json:"role"`
+	// Prefix goes before every tool's name in the REPL and for sub-LLMs.
+	Prefix         string   `json:"prefix,omitempty"`
+	StartupTimeout Duration `json:"startup_timeout"`
+	Timeout        Duration `json:"timeout"`
 }
 
 // Command is a host command: an argv list, or one string run by `sh -c`.

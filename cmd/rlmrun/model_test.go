@@ -2,14 +2,18 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/rlmrun/rlmrun/internal/fakellm"
+	"github.com/rlmrun/rlmrun/internal/testbin"
 )
 
 // TestRecordThenReplay: a run played by a model is recorded; the replay
@@ -218,5 +222,59 @@ func TestModelRetriesAreTold(t *testing.T) {
 	code, stdout, stderr := runCLI(t, "run", "--agent-binary", rlmrunBin, "--out-dir", t.TempDir(), "--base-url", srv.URL, "-j", "1", "--filter", "a", spec)
 	if code != 0 || strings.Count(stderr, "rlmrun: model request failed (attempt 1), retrying in 0s: model server: HTTP 500") != 1 || strings.Contains(stderr, "attempt 2") {
 		t.Fatalf("exit %d\n%s%s", code, stdout, stderr)
+	}
+}
+
+// TestMCPServerEndsWithTheRunner: a killed runner leaves no MCP server
+// behind, and a server that cannot start stops the run before anything
+// runs (exit 1).
+func TestMCPServerEndsWithTheRunner(t *testing.T) {
+	env, err := filepath.Abs("../../examples/rlm-secrets")
+	if err != nil {
+		t.Fatal(err)
+	}
+	marker := fmt.Sprintf("rlmrun-mcp-marker-%d", os.Getpid())
+	spec := writeSpec(t, fmt.Sprintf(`version: 1
+name: mcp-kill
+base_dir: %s
+mcp_servers:
+  - name: puzzle
+    command: ["/bin/bash", "-c", "exec -a %s /usr/bin/python3 -SE tools/puzzle_server.py"]
+    tools: [decrypt_position]
+rollouts:
+  - id: slow
+    turns: [{code: "decrypt_position a b; sleep 1000"}]
+`, env, marker))
+	cmd := exec.Command(rlmrunBin, "run", "--out-dir", t.TempDir(), spec)
+	cmd.Env = append(os.Environ(), "TMPDIR="+t.TempDir())
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if !testbin.Within(20*time.Second, func() bool { return len(testbin.Procs(marker)) > 0 }) {
+		_ = cmd.Process.Kill()
+		t.Fatal("the server never started")
+	}
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	if !testbin.Within(10*time.Second, func() bool { return len(testbin.Procs(marker)) == 0 }) {
+		t.Errorf("the MCP server outlived the runner: %v", testbin.Procs(marker))
+	}
+
+	broken := writeSpec(t, `version: 1
+name: mcp-broken
+mcp_servers:
+  - {name: broken, command: ["/bin/false"]}
+rollouts:
+  - {id: r, turns: [{code: "echo ran"}]}
+`)
+	out := t.TempDir()
+	code, stdout, stderr := runCLI(t, "run", "--agent-binary", rlmrunBin, "--out-dir", out, broken)
+	if code != exitFailed || !strings.Contains(stderr, "mcp_servers[0]: MCP server broken: initialize:") {
+		t.Errorf("exit %d\n%s%s", code, stdout, stderr)
+	}
+	if m, _ := filepath.Glob(filepath.Join(out, "*", "results.jsonl")); len(m) > 0 {
+		if b, _ := os.ReadFile(m[0]); len(b) > 0 {
+			t.Errorf("a rollout ran: %s", b)
+		}
 	}
 }

@@ -250,7 +250,9 @@ func prepareRun(c *cli.Context) (*runPlan, error) {
 		filter = both(filter, func(id string) bool { return !res.done[id] })
 	}
 	if c.Bool("dry-run") {
-		printPlan(c, file, spec)
+		if err := printPlan(c, file, spec); err != nil {
+			return nil, withCode(exitFailed, err)
+		}
 		return nil, nil
 	}
 	reports := map[string]string{"--output": c.String("output"), "--junit": c.String("junit"), "--record": c.String("record")}

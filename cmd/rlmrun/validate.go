@@ -1,12 +1,14 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"strings"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/rlmrun/rlmrun/internal/safetext"
+	"github.com/rlmrun/rlmrun/runner"
 	"github.com/rlmrun/rlmrun/schema"
 	"github.com/rlmrun/rlmrun/tunnel/wire"
 )
@@ -100,9 +102,18 @@ func orUnset(s string) string {
 	return s
 }
 
-func printPlan(c *cli.Context, file string, s *schema.Spec) {
+// printPlan prints what a run would do; MCP servers are started to list
+// their tools, and one that cannot start is the error.
+func printPlan(c *cli.Context, file string, s *schema.Spec) error {
 	w := c.App.Writer
 	root, sub := toolNames(s)
+	if len(s.MCPServers) > 0 {
+		r, sb, err := runner.ToolNames(context.Background(), s)
+		if err != nil {
+			return err
+		}
+		root, sub = append([]string{wire.ReservedToolName}, r...), sb
+	}
 	fmt.Fprintf(w, "plan: %s (%s)\n", s.Name, file)
 	fmt.Fprintf(w, "  backend:    %s\n", backendName(s))
 	fmt.Fprintf(w, "  repl:       %s (max %d iterations, output %d chars, cell timeout %s)\n",
@@ -131,4 +142,5 @@ func printPlan(c *cli.Context, file string, s *schema.Spec) {
 			fmt.Fprintf(w, "    %-24s played by the model\n", in.ID)
 		}
 	}
+	return nil
 }
