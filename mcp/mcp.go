@@ -115,7 +115,6 @@ type session struct {
 	mu      sync.Mutex
 	next    int64
 	pending map[string]chan *message
-	closed  bool
 	lost    error
 	done    chan struct{}
 }
