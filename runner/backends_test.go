@@ -19,6 +19,7 @@ import (
 	"github.com/rlmrun/rlmrun/backends/sandbox"
 	"github.com/rlmrun/rlmrun/backends/sandbox/bwrap"
 	"github.com/rlmrun/rlmrun/backends/sandbox/docker"
+	"github.com/rlmrun/rlmrun/backends/sandbox/kubernetes"
 	"github.com/rlmrun/rlmrun/schema"
 )
 
@@ -76,6 +77,38 @@ func newDocker(t testing.TB, spec *schema.Spec) *sandbox.Executor {
 	return ex
 }
 
+// kubeReady says whether the test cluster is there (scripts/test starts
+// it and sets RLMRUN_KUBECONFIG; under it, its absence fails the test).
+func kubeReady(t *testing.T) bool {
+	ok := os.Getenv("RLMRUN_KUBECONFIG") != ""
+	if !ok && testbin.Required() {
+		t.Fatal("RLMRUN_KUBECONFIG is not set, and RLMRUN_REQUIRE_ALL is: scripts/test starts the test cluster")
+	}
+	return ok
+}
+
+// newKube is a kubernetes sandbox executor on the test cluster, with the
+// spec's settings (less CPU: the cluster is one small node) and the test
+// image.
+func newKube(t testing.TB, spec *schema.Spec) *sandbox.Executor {
+	t.Helper()
+	spec.Backend.Type = "sandbox"
+	spec.Backend.Sandbox.Provider = "kubernetes"
+	spec.Backend.Sandbox.Image, spec.Backend.Sandbox.Pull = dockerTestImage, "never"
+	spec.Backend.Sandbox.CPUCores = 0.2
+	spec.Backend.Sandbox.Kubernetes = &schema.Kubernetes{Kubeconfig: os.Getenv("RLMRUN_KUBECONFIG"), Namespace: "default"}
+	p, err := kubernetes.Factory(context.Background(), sandbox.FactoryOptions{AgentPath: agentBin, Config: SandboxConfig(spec.Backend.Sandbox)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Close() })
+	ex, err := sandbox.NewExecutor(sandbox.Options{Provider: p, Settings: SandboxSettings(spec.Backend.Sandbox)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ex
+}
+
 // TestExamplesSameOnEveryBackend runs every example on the local backend
 // and in a bubblewrap sandbox: the deterministic part of every result must
 // be byte-identical, paths shown to the model included.
@@ -91,6 +124,9 @@ func TestExamplesSameOnEveryBackend(t *testing.T) {
 	backendsToTry := []string{"local", "sandbox"}
 	if dockerReady(t) {
 		backendsToTry = append(backendsToTry, "docker")
+	}
+	if kubeReady(t) {
+		backendsToTry = append(backendsToTry, "kubernetes")
 	}
 	srv := fakellm.Start(fakellm.Options{Policy: fakellm.Secrets})
 	defer srv.Close()
@@ -113,6 +149,8 @@ func TestExamplesSameOnEveryBackend(t *testing.T) {
 					b, err = local.New(local.Options{AgentPath: agentBin})
 				case "docker":
 					b = newDocker(t, spec)
+				case "kubernetes":
+					b = newKube(t, spec)
 				default:
 					b, _, _ = newBwrap(t, spec)
 				}

@@ -91,13 +91,16 @@ func (c *semanticChecker) checkBackend() {
 			c.at("backend.interception_url", "the sandbox has no network (backend.sandbox.network: none), so it cannot reach %s; set network: host or drop interception_url to use the tunnel", b.InterceptionURL)
 		}
 	}
-	if b.Sandbox.Provider != "docker" {
+	if p := b.Sandbox.Provider; p != "docker" && p != "kubernetes" {
 		for _, key := range []string{"image", "pull"} {
 			ptr := "/backend/sandbox/" + key
 			if c.present(ptr) {
-				c.keyAt(ptr, "%s is a docker setting, but backend.sandbox.provider is %q", key, b.Sandbox.Provider)
+				c.keyAt(ptr, "%s is a docker and kubernetes setting, but backend.sandbox.provider is %q", key, p)
 			}
 		}
+	}
+	if p := b.Sandbox.Provider; p != "kubernetes" && c.present("/backend/sandbox/kubernetes") {
+		c.keyAt("/backend/sandbox/kubernetes", "kubernetes holds the kubernetes provider's settings, but backend.sandbox.provider is %q", p)
 	}
 }
 

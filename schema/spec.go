@@ -68,6 +68,25 @@ type Sandbox struct {
 	Env           map[string]string `json:"env"`
 	Labels        map[string]string `json:"labels"`
 	CreateRetries int               `json:"create_retries"`
+	// Kubernetes are the kubernetes provider's own settings.
+	Kubernetes *Kubernetes `json:"kubernetes,omitempty"`
+}
+
+// Kubernetes are backend.sandbox.kubernetes: where the pods go and how
+// they are made.
+type Kubernetes struct {
+	Namespace       string            `json:"namespace,omitempty"`
+	Context         string            `json:"context,omitempty"`
+	Kubeconfig      string            `json:"kubeconfig,omitempty"`
+	RuntimeClass    string            `json:"runtime_class,omitempty"`
+	NodeSelector    map[string]string `json:"node_selector,omitempty"`
+	Tolerations     []json.RawMessage `json:"tolerations,omitempty"`
+	ServiceAccount  string            `json:"service_account,omitempty"`
+	ImagePullPolicy string            `json:"image_pull_policy,omitempty"`
+	PodLabels       map[string]string `json:"pod_labels,omitempty"`
+	PodAnnotations  map[string]string `json:"pod_annotations,omitempty"`
+	CreateQPS       float64           `json:"create_qps,omitempty"`
+	AgentImage      string            `json:"agent_image,omitempty"`
 }
 
 // Tool is a host command the REPL (root tool) or a sub-LLM (sub tool) can call.

@@ -33,6 +33,10 @@ const (
 	LabelOwnerPID   = "rlmrun.owner.pid"   // the runner's pid
 	LabelOwnerStart = "rlmrun.owner.start" // the runner's start time (clock ticks since boot)
 	LabelOwnerHost  = "rlmrun.owner.host"  // the runner's hostname
+	// LabelExpired is set by a provider's List on a sandbox past its
+	// lifetime: it is an orphan whoever owns it (on a shared cluster, the
+	// sandboxes of other hosts end so).
+	LabelExpired = "rlmrun.expired"
 )
 
 // Settings are what every provider's sandboxes get, from the spec's
@@ -304,9 +308,12 @@ func OwnerLabels() (map[string]string, error) {
 }
 
 // OwnerAlive reports whether the process that labelled a sandbox still runs.
-// Sandboxes of another host are treated as alive: their owner cannot be
-// checked from here.
+// Sandboxes of another host are treated as alive (their owner cannot be
+// checked from here) until past their lifetime.
 func OwnerAlive(labels map[string]string) bool {
+	if labels[LabelExpired] == "true" {
+		return false
+	}
 	host, _ := os.Hostname()
 	if h := labels[LabelOwnerHost]; h != "" && h != host {
 		return true

@@ -89,4 +89,8 @@ func TestOwnerAlive(t *testing.T) {
 	if !OwnerAlive(elsewhere) {
 		t.Fatal("another host's sandbox must be left alone")
 	}
+	elsewhere[LabelExpired] = "true"
+	if OwnerAlive(elsewhere) {
+		t.Fatal("another host's sandbox past its lifetime must be removable")
+	}
 }

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"errors"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
@@ -65,7 +67,54 @@ func agentCommand() *cli.Command {
 	}
 }
 
-// sandboxInitCommand is a Docker sandbox's first process.
+// sandboxInstallCommand copies this binary to a sandbox's agent volume
+// (the init container of a Kubernetes pod made from an agent image).
+func sandboxInstallCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "sandbox-install",
+		Usage:     "copy this binary to DEST (an agent image's init container)",
+		UsageText: "rlmrun sandbox-install DEST\n\nEXAMPLE:\n   rlmrun sandbox-install /.rlmrun/rlmrun",
+		Hidden:    true,
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return withCode(exitUsage, errors.New("sandbox-install needs DEST"))
+			}
+			self, err := os.Executable()
+			if err != nil {
+				return withCode(exitFailed, err)
+			}
+			if err := copyExecutable(self, c.Args().First()); err != nil {
+				return withCode(exitFailed, err)
+			}
+			return nil
+		},
+	}
+}
+
+// copyExecutable copies src to dst (mode 0755), whole or not at all.
+func copyExecutable(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	tmp := dst + ".part"
+	out, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o755)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	if err := out.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, dst)
+}
+
+// sandboxInitCommand is a Docker sandbox's (or Kubernetes pod's) first
+// process.
 func sandboxInitCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "sandbox-init",

@@ -13,6 +13,7 @@ import (
 	"github.com/rlmrun/rlmrun/backends/sandbox"
 	"github.com/rlmrun/rlmrun/backends/sandbox/bwrap"
 	"github.com/rlmrun/rlmrun/backends/sandbox/docker"
+	"github.com/rlmrun/rlmrun/backends/sandbox/kubernetes"
 	"github.com/rlmrun/rlmrun/runner"
 	"github.com/rlmrun/rlmrun/schema"
 )
@@ -21,8 +22,9 @@ import (
 // gives them (backend.sandbox.provider). Adding one is a line here.
 func providers() map[string]sandbox.Factory {
 	return map[string]sandbox.Factory{
-		"bwrap":  bwrap.Factory,
-		"docker": docker.Factory,
+		"bwrap":      bwrap.Factory,
+		"docker":     docker.Factory,
+		"kubernetes": kubernetes.Factory,
 	}
 }
 

@@ -104,6 +104,7 @@ Exit codes: 0 success, 1 a rollout failed or an expectation was not met,
 			versionCommand(),
 			agentCommand(),
 			sandboxInitCommand(),
+			sandboxInstallCommand(),
 			toolCommand(),
 		},
 		Action: func(c *cli.Context) error {

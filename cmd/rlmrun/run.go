@@ -54,7 +54,7 @@ EXAMPLES:
 			&cli.IntFlag{Name: "concurrency", Aliases: []string{"j"}, Usage: "rollouts run at once (default: CPU count)"},
 			&cli.StringSliceFlag{Name: "filter", Usage: "run only rollouts whose id matches `GLOB` (repeatable; ids of repeats are id#1, id#2, ...)"},
 			&cli.StringFlag{Name: "backend", Usage: "override the spec's backend: local or sandbox"},
-			&cli.StringFlag{Name: "provider", Usage: "override the sandbox provider: bwrap or docker (implies --backend sandbox)"},
+			&cli.StringFlag{Name: "provider", Usage: "override the sandbox provider: bwrap, docker or kubernetes (implies --backend sandbox)"},
 			&cli.StringFlag{Name: "image", Usage: "override the docker image"},
 			&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "also write the JSONL results to `FILE`"},
 			&cli.StringFlag{Name: "out-dir", Usage: "write results and retained directories under `DIR` instead of the spec's retention.dir"},

@@ -66,8 +66,8 @@ func Start(t testing.TB, p sandbox.Provider, s sandbox.Settings) (*client.Sessio
 // uploaded while the worker starts, first cell answered. It reports the
 // medians of the whole (cold-start-ms) and of the worker's start
 // (worker-start-ms); between starts, while the timer is stopped, it calls
-// between (if not nil).
-func ColdStarts(b *testing.B, ex *sandbox.Executor, between func()) {
+// between (if not nil). It returns the median of the whole.
+func ColdStarts(b *testing.B, ex *sandbox.Executor, between func()) float64 {
 	stage := b.TempDir()
 	for i := 0; i < 100; i++ {
 		if err := os.WriteFile(filepath.Join(stage, fmt.Sprintf("f%03d.txt", i)), make([]byte, 10<<10), 0o644); err != nil {
@@ -113,6 +113,7 @@ func ColdStarts(b *testing.B, ex *sandbox.Executor, between func()) {
 	}
 	b.ReportMetric(Median(total), "cold-start-ms")
 	b.ReportMetric(Median(worker), "worker-start-ms")
+	return Median(total)
 }
 
 // Exec runs code in the session's worker, restarting it if the cell kills
@@ -223,4 +224,38 @@ func Median(xs []float64) float64 {
 	s := append([]float64(nil), xs...)
 	sort.Float64s(s)
 	return s[len(s)/2]
+}
+
+// StartExecClose is one rollout's whole life in a sandbox of ex, for
+// benchmarks running many at once: start, an empty working directory,
+// Bash, one cell (whose output must be "ok\n"), close.
+func StartExecClose(ctx context.Context, ex *sandbox.Executor, runID, rolloutID, code string) error {
+	root := ex.Root("/tmp/rlmrun-"+runID, rolloutID)
+	sess, _, err := ex.Start(ctx, backends.StartRequest{RunID: runID, RolloutID: rolloutID, Root: root, Language: "bash", StartupTimeout: 10 * time.Minute})
+	if err != nil {
+		return fmt.Errorf("%s: %w", rolloutID, err)
+	}
+	defer sess.Close(context.Background())
+	empty, err := os.MkdirTemp("", "rlmrun-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(empty)
+	if err := sess.Init(ctx, protocol.InitArgs{Root: root, Language: "bash"}); err != nil {
+		return fmt.Errorf("%s: init: %w", rolloutID, err)
+	}
+	if _, err := sess.Put(ctx, empty, protocol.PutArgs{}); err != nil {
+		return fmt.Errorf("%s: put: %w", rolloutID, err)
+	}
+	if _, err := sess.Start(ctx); err != nil {
+		return fmt.Errorf("%s: worker: %w", rolloutID, err)
+	}
+	rep, err := sess.Exec(ctx, 1, protocol.ExecArgs{Code: code, TimeoutMS: 60000, MaxOutputBytes: 1 << 10})
+	if err != nil {
+		return fmt.Errorf("%s: cell: %w", rolloutID, err)
+	}
+	if rep.Stdout != "ok\n" {
+		return fmt.Errorf("%s: cell: %+v", rolloutID, rep)
+	}
+	return nil
 }
