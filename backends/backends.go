@@ -39,6 +39,9 @@ type Facts struct {
 	// Containment says how the rollout's processes were kept together on
 	// the local backend (a PID namespace, or only a process group).
 	Containment string `json:"containment,omitempty"`
+	// Confinement says what confined a local rollout's REPL:
+	// "landlock-abi-N" or "none".
+	Confinement string `json:"confinement,omitempty"`
 }
 
 // Leftover is something a killed run left behind (a sandbox, a process, a

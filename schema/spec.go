@@ -52,6 +52,13 @@ type Backend struct {
 	Type            string  `json:"type"`
 	InterceptionURL string  `json:"interception_url"`
 	Sandbox         Sandbox `json:"sandbox"`
+	Local           Local   `json:"local"`
+}
+
+// Local holds the settings of the local backend.
+type Local struct {
+	Confinement string `json:"confinement"`
+	Network     string `json:"network"`
 }
 
 // Sandbox holds the settings of the sandbox backend.

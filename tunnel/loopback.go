@@ -27,6 +27,12 @@ func ListenLoopback(open func() (net.Conn, error), logf func(format string, args
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: listen on loopback: %w", err)
 	}
+	return ServeLoopback(ln, open, logf), nil
+}
+
+// ServeLoopback is ListenLoopback on a listener bound beforehand (a
+// confined agent binds before Landlock forbids it).
+func ServeLoopback(ln net.Listener, open func() (net.Conn, error), logf func(format string, args ...any)) *Loopback {
 	slots := make(chan struct{}, LoopbackConns)
 	go func() {
 		for {
@@ -41,7 +47,7 @@ func ListenLoopback(open func() (net.Conn, error), logf func(format string, args
 			}()
 		}
 	}()
-	return &Loopback{ln: ln}, nil
+	return &Loopback{ln: ln}
 }
 
 // URL is the listener's base URL.

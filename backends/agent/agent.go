@@ -15,6 +15,7 @@ import (
 	"log"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"sync"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/hashicorp/yamux"
 
+	"github.com/rlmrun/rlmrun/backends/confine"
 	"github.com/rlmrun/rlmrun/backends/procs"
 	"github.com/rlmrun/rlmrun/backends/protocol"
 	"github.com/rlmrun/rlmrun/backends/worker"
@@ -52,6 +54,21 @@ type Options struct {
 	// it (the local backend's): when it ends, the kernel ends everything
 	// in it. Otherwise the agent becomes a child subreaper.
 	Init bool
+	// Confine, when set, confines the agent and everything it starts with
+	// Landlock before its worker starts (the local backend's sandbox).
+	Confine *Confine
+}
+
+// Confine is the local backend's confinement of one rollout.
+type Confine struct {
+	// Root is the rollout's directory (the working directory and the
+	// agent's state): with the agent's private directory, all it may write.
+	Root string
+	// Mode is confine.BestEffort or confine.Required.
+	Mode string
+	// Network leaves TCP alone; otherwise the REPL may connect only to the
+	// agent's own ports (the tunnel, the Bash tools').
+	Network bool
 }
 
 // Agent serves one rollout.
@@ -71,7 +88,11 @@ type Agent struct {
 	tunnel   *tunnel.Loopback
 	base     string       // where the worker's routes live: the tunnel, or interception_url
 	toolPort net.Listener // the Bash tool functions' way in
-	done     bool
+	// Listeners bound before confinement (which forbids binding), taken
+	// by init when it needs them.
+	preTunnel, preTool net.Listener
+	confinement        string
+	done               bool
 	// reaper adopts what cells start, however it escapes the worker's
 	// process group, and kills it with the worker.
 	reaper *procs.Reaper
@@ -94,8 +115,23 @@ func Run(ctx context.Context, opts Options) error {
 		a.logger.Printf("reaper: %v", err)
 	}
 	defer a.cleanup()
+	if opts.Confine != nil {
+		// Confined, the agent may write only beneath the rollout's
+		// directories: its private one goes into its state.
+		opts.TempDir = filepath.Join(opts.Confine.Root, "agent")
+		if err := os.MkdirAll(opts.TempDir, 0o755); err != nil {
+			return fmt.Errorf("agent temp dir: %w", err)
+		}
+		a.opts.TempDir = opts.TempDir
+	}
 	if a.private, err = os.MkdirTemp(opts.TempDir, "rlmrun-agent-"); err != nil {
 		return fmt.Errorf("agent temp dir: %w", err)
+	}
+	if opts.Confine != nil {
+		// Before the worker is spawned: it inherits the confinement.
+		if err := a.confine(); err != nil {
+			return err
+		}
 	}
 	if opts.Language != "" {
 		// Spawned in the background: the runner's first requests are served
@@ -229,7 +265,7 @@ func (a *Agent) handle(ctx context.Context, req protocol.Request) (r protocol.Re
 	switch req.Op {
 	case protocol.OpHello:
 		host, _ := os.Hostname()
-		return protocol.Reply{Hello: &protocol.HelloReply{Version: protocol.Version, PID: os.Getpid(), UID: os.Getuid(), Hostname: host}}, false, nil
+		return protocol.Reply{Hello: &protocol.HelloReply{Version: protocol.Version, PID: os.Getpid(), UID: os.Getuid(), Hostname: host, Confinement: a.confinement}}, false, nil
 	case protocol.OpInit:
 		return protocol.Reply{}, false, a.doInit(req.Init)
 	case protocol.OpStart:
@@ -256,6 +292,57 @@ func (a *Agent) handle(ctx context.Context, req protocol.Request) (r protocol.Re
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
+// confine confines the agent, and so its worker and everything the cells
+// start, with Landlock: it may write only the rollout's directory and its
+// own private one, read and run the system's programs and its
+// interpreter, connect only to its own two ports (bound here, before
+// binding is refused), and neither signal nor ptrace anything outside —
+// so neither the runner's environment nor another rollout's secrets are
+// readable through /proc.
+func (a *Agent) confine() error {
+	c := a.opts.Confine
+	if !filepath.IsAbs(c.Root) {
+		return fmt.Errorf("confine: root %q is not absolute", c.Root)
+	}
+	// The working directory and the agent's state in the rollout's
+	// directory (as init makes them), not the directory itself: the
+	// working directory's parent is out of reach, as in the reference's
+	// jail. What Landlock grants must exist.
+	work, state := filepath.Join(c.Root, "work"), filepath.Join(c.Root, "agent")
+	for _, d := range []string{work, state, filepath.Join(a.private, "tmp")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return fmt.Errorf("confine: %w", err)
+		}
+	}
+	p := confine.System()
+	if py := a.opts.Python; py != "" {
+		if !filepath.IsAbs(py) {
+			py, _ = exec.LookPath(py)
+		}
+		p = p.WithInterpreter(py)
+	}
+	p.RW = append(p.RW, work, state, a.private)
+	if a.opts.Self != "" {
+		p.ROFiles = append(p.ROFiles, a.opts.Self)
+	}
+	p.Network = c.Network
+	if !c.Network {
+		var err error
+		for _, ln := range []*net.Listener{&a.preTunnel, &a.preTool} {
+			if *ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+				return fmt.Errorf("confine: listen on loopback: %w", err)
+			}
+			p.ConnectTCP = append(p.ConnectTCP, uint16((*ln).Addr().(*net.TCPAddr).Port))
+		}
+	}
+	got, err := confine.Apply(p, c.Mode)
+	if err != nil {
+		return fmt.Errorf("confine: %w", err)
+	}
+	a.confinement = got
+	return nil
+}
+
 func (a *Agent) doInit(args *protocol.InitArgs) error {
 	if args == nil {
 		return errors.New("init: no arguments")
@@ -281,9 +368,15 @@ func (a *Agent) doInit(args *protocol.InitArgs) error {
 	}
 	a.base = args.BaseURL
 	if args.Tunnel {
-		lb, err := tunnel.ListenLoopback(func() (net.Conn, error) { return a.session.OpenStream() }, a.logger.Printf)
-		if err != nil {
-			return err
+		open := func() (net.Conn, error) { return a.session.OpenStream() }
+		var lb *tunnel.Loopback
+		if a.preTunnel != nil {
+			lb, a.preTunnel = tunnel.ServeLoopback(a.preTunnel, open, a.logger.Printf), nil
+		} else {
+			var err error
+			if lb, err = tunnel.ListenLoopback(open, a.logger.Printf); err != nil {
+				return err
+			}
 		}
 		a.tunnel, a.base = lb, lb.URL()
 	}
@@ -330,6 +423,12 @@ func (a *Agent) workerEnv() []string {
 		env["LANG"] = "C.UTF-8"
 	}
 	env[wire.EnvWorkdir] = a.workdir
+	if a.opts.Confine != nil {
+		if _, ok := env["TMPDIR"]; !ok {
+			// /tmp is out of reach: temporary files go to the agent's own.
+			env["TMPDIR"] = filepath.Join(a.private, "tmp")
+		}
+	}
 	if owner := os.Getenv("RLMRUN_OWNER"); owner != "" {
 		env["RLMRUN_OWNER"] = owner // see local.OwnerEnv
 	}
@@ -440,7 +539,7 @@ func (a *Agent) startWorkerLocked(ctx context.Context, restart bool) (time.Durat
 		w = <-a.spawned
 		a.spawned = nil
 	}
-	if w != nil && w.Spawned() != sc {
+	if w != nil && (w.Spawned().Language != sc.Language || w.Spawned().Python != sc.Python) {
 		w.Kill() // spawned for another language or interpreter
 		w = nil
 	}
@@ -460,7 +559,11 @@ func (a *Agent) startWorkerLocked(ctx context.Context, restart bool) (time.Durat
 }
 
 func (a *Agent) spawnConfig(lang, python string) worker.SpawnConfig {
-	return worker.SpawnConfig{Language: lang, Python: python, StateDir: filepath.Join(a.private, "worker"), Reaper: a.reaper}
+	sc := worker.SpawnConfig{Language: lang, Python: python, StateDir: filepath.Join(a.private, "worker"), Reaper: a.reaper}
+	if a.confinement != "" && a.confinement != confine.None {
+		sc.Launch = confine.Scoped
+	}
+	return sc
 }
 
 // leftoverWait bounds killing what a worker left behind.
@@ -557,11 +660,19 @@ func (a *Agent) cleanup() {
 		a.tunnel.Close()
 		a.tunnel = nil
 	}
+	for _, ln := range []net.Listener{a.preTunnel, a.preTool} {
+		if ln != nil {
+			_ = ln.Close()
+		}
+	}
+	a.preTunnel, a.preTool = nil, nil
 	if a.toolPort != nil {
 		a.toolPort.Close()
 		a.toolPort = nil
 	}
 	if a.init != nil {
+		// Confined, the agent empties them but cannot remove them (their
+		// parent is out of its reach): the local executor does.
 		_ = os.RemoveAll(a.state)
 		_ = os.RemoveAll(a.workdir)
 		// The root is removed when nothing else lives there.

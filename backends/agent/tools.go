@@ -60,9 +60,13 @@ func (a *Agent) caller() toolcmd.Caller {
 
 // startToolPort listens for the Bash functions' calls.
 func (a *Agent) startToolPort() error {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return fmt.Errorf("tool port: %w", err)
+	ln := a.preTool
+	a.preTool = nil
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			return fmt.Errorf("tool port: %w", err)
+		}
 	}
 	a.toolPort = ln
 	dir := filepath.Join(a.private, "tools")

@@ -16,6 +16,7 @@ import (
 
 	"github.com/rlmrun/rlmrun/backends"
 	"github.com/rlmrun/rlmrun/backends/client"
+	"github.com/rlmrun/rlmrun/backends/confine"
 	"github.com/rlmrun/rlmrun/backends/procs"
 )
 
@@ -26,6 +27,13 @@ type Options struct {
 	// NoNamespaces runs agents without a PID namespace of their own, as
 	// where the kernel refuses one (tests of that fallback).
 	NoNamespaces bool
+	// Confinement is confine.BestEffort (the default), confine.Required
+	// or confine.Off: how each agent confines itself and its REPL with
+	// Landlock.
+	Confinement string
+	// Network leaves the REPL's TCP alone (the spec's network: host);
+	// otherwise it may connect only to its agent's ports.
+	Network bool
 }
 
 // Executor starts one local agent process per rollout.
@@ -48,6 +56,16 @@ func New(opts Options) (*Executor, error) {
 	start, err := procs.StartTime(os.Getpid())
 	if err != nil {
 		return nil, err
+	}
+	switch opts.Confinement {
+	case "":
+		opts.Confinement = confine.BestEffort
+	case confine.BestEffort, confine.Required, confine.Off:
+	default:
+		return nil, fmt.Errorf("confinement %q: want %s, %s or %s", opts.Confinement, confine.BestEffort, confine.Required, confine.Off)
+	}
+	if opts.Confinement == confine.Required && confine.ABI() < 1 {
+		return nil, confine.ErrUnavailable
 	}
 	e := &Executor{opts: opts, owner: fmt.Sprintf("%d-%s", os.Getpid(), start)}
 	e.noNamespaces.Store(opts.NoNamespaces)
@@ -124,8 +142,19 @@ func (e *Executor) Start(ctx context.Context, req backends.StartRequest) (*clien
 		return nil, nil, err
 	}
 	sess, err := client.New(client.Options{
-		Conn:        stdio,
-		Close:       func(ctx context.Context) error { return proc.Stop(ctx, 3*time.Second) },
+		Conn: stdio,
+		Close: func(ctx context.Context) error {
+			err := proc.Stop(ctx, 3*time.Second)
+			if e.opts.Confinement != confine.Off {
+				// A confined agent empties the rollout's directories but
+				// may not remove them.
+				for _, d := range []string{filepath.Join(req.Root, "work"), filepath.Join(req.Root, "agent")} {
+					_ = os.RemoveAll(d)
+				}
+				_ = os.Remove(req.Root)
+			}
+			return err
+		},
 		Diagnostics: stdio.Diagnostics,
 	})
 	if err != nil {
@@ -151,7 +180,11 @@ func (e *Executor) Start(ctx context.Context, req backends.StartRequest) (*clien
 		containment = procs.ContainPIDNamespace
 	}
 	// The pid as this machine sees it: inside its namespace the agent is 1.
-	return sess, &backends.Facts{Backend: "local", AgentPID: proc.Pid(), AgentUID: hello.UID, Hostname: hello.Hostname, Containment: containment}, nil
+	confinement := hello.Confinement
+	if confinement == "" {
+		confinement = confine.None
+	}
+	return sess, &backends.Facts{Backend: "local", AgentPID: proc.Pid(), AgentUID: hello.UID, Hostname: hello.Hostname, Containment: containment, Confinement: confinement}, nil
 }
 
 // startAgent starts the agent process, in a PID namespace unless the
@@ -170,6 +203,12 @@ func (e *Executor) startAgent(req backends.StartRequest) (*procs.Proc, procs.Str
 		if contain {
 			args = append(args, "--init")
 			procs.NewPIDNamespace(attr)
+		}
+		if e.opts.Confinement != confine.Off {
+			args = append(args, "--confine", req.Root, "--confinement", e.opts.Confinement)
+			if e.opts.Network {
+				args = append(args, "--network")
+			}
 		}
 		cmd := exec.Command(e.opts.AgentPath, args...)
 		cmd.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8"}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/rlmrun/rlmrun/backends"
 	"github.com/rlmrun/rlmrun/backends/client"
+	"github.com/rlmrun/rlmrun/backends/confine"
 	"github.com/rlmrun/rlmrun/backends/procs"
 	"github.com/rlmrun/rlmrun/backends/protocol"
 	rlmfs "github.com/rlmrun/rlmrun/fs"
@@ -28,18 +29,25 @@ func TestMain(m *testing.M) {
 // ready starts an agent and its worker, as a rollout's first cell does.
 func ready(tb testing.TB, lang string) (*client.Session, string) {
 	tb.Helper()
-	ex, err := New(Options{AgentPath: agentBin})
+	return readyWith(tb, Options{AgentPath: agentBin}, lang, filepath.Join(tb.TempDir(), "rollout"), protocol.InitArgs{})
+}
+
+// readyWith is ready with the executor's options, the rollout's directory
+// and more of init's arguments.
+func readyWith(tb testing.TB, opts Options, lang, root string, init protocol.InitArgs) (*client.Session, string) {
+	tb.Helper()
+	ex, err := New(opts)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	root := filepath.Join(tb.TempDir(), "rollout")
 	empty := tb.TempDir()
 	ctx := context.Background()
 	sess, _, err := ex.Start(ctx, backends.StartRequest{Root: root, Language: lang, Python: "/usr/bin/python3", StartupTimeout: 30 * time.Second})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	if err := sess.Init(ctx, protocol.InitArgs{Root: root, Language: lang, Python: "/usr/bin/python3"}); err != nil {
+	init.Root, init.Language, init.Python = root, lang, "/usr/bin/python3"
+	if err := sess.Init(ctx, init); err != nil {
 		tb.Fatal(err)
 	}
 	// As the runner does: upload and worker start side by side.
@@ -126,13 +134,21 @@ func BenchmarkTrivialCell(b *testing.B) {
 // BenchmarkAgentStartToWorkerReady measures the deferred start of a
 // rollout: spawn the agent, initialise it, upload an empty directory, start
 // the worker. Targets: <= 20 ms (bash), <= 40 ms (python).
+// Confined (the default) and not, to measure Landlock's cost (target:
+// <= 1 ms).
 func BenchmarkAgentStartToWorkerReady(b *testing.B) {
-	for _, lang := range []string{"bash", "python"} {
-		b.Run(lang, func(b *testing.B) {
+	for _, c := range []struct{ lang, confinement string }{
+		{"bash", confine.BestEffort}, {"bash", confine.Off}, {"python", confine.BestEffort}, {"python", confine.Off},
+	} {
+		name := c.lang
+		if c.confinement == confine.Off {
+			name += "/unconfined"
+		}
+		b.Run(name, func(b *testing.B) {
 			times := make([]time.Duration, 0, b.N)
 			for i := 0; i < b.N; i++ {
 				t0 := time.Now()
-				sess, _ := ready(b, lang)
+				sess, _ := readyWith(b, Options{AgentPath: agentBin, Confinement: c.confinement}, c.lang, filepath.Join(b.TempDir(), "rollout"), protocol.InitArgs{})
 				times = append(times, time.Since(t0))
 				b.StopTimer()
 				_ = sess.Close(context.Background())

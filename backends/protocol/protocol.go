@@ -125,6 +125,9 @@ type HelloReply struct {
 	PID      int    `json:"pid"`
 	UID      int    `json:"uid"`
 	Hostname string `json:"hostname"`
+	// Confinement is what confines the agent and its REPL: "landlock-abi-N",
+	// "none", or empty where the agent was not asked (sandboxes).
+	Confinement string `json:"confinement,omitempty"`
 }
 
 // Cell outcomes.

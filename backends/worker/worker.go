@@ -40,6 +40,9 @@ type SpawnConfig struct {
 	// Reaper, when set, starts the process: the agent's reaper then leaves
 	// its exit status to the worker.
 	Reaper *procs.Reaper
+	// Launch, when set, runs the process's start and keeps what it ran on
+	// until the worker has exited (the agent confines the worker there).
+	Launch func(start func() error, exited <-chan struct{}) error
 }
 
 // Config is what Configure gives a spawned worker.
@@ -183,6 +186,10 @@ func (w *Worker) launch(argv []string, stdin *os.File, extra []*os.File) (stdout
 	start := cmd.Start
 	if r := w.spawn.Reaper; r != nil {
 		start = func() error { return r.Start(cmd) }
+	}
+	if l := w.spawn.Launch; l != nil {
+		inner := start
+		start = func() error { return l(inner, w.exited) }
 	}
 	if err := start(); err != nil {
 		outR.Close()

@@ -12,6 +12,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/rlmrun/rlmrun/backends/agent"
+	"github.com/rlmrun/rlmrun/backends/confine"
 	"github.com/rlmrun/rlmrun/backends/procs"
 	"github.com/rlmrun/rlmrun/backends/sandbox/docker"
 )
@@ -35,6 +36,9 @@ func agentCommand() *cli.Command {
 			&cli.StringFlag{Name: "tmp", Usage: "make the agent's private directory in `DIR`"},
 			&cli.StringFlag{Name: "mark", Usage: "create `FILE` once running (a container's init waits for it)"},
 			&cli.BoolFlag{Name: "init", Usage: "the agent is the first process of a PID namespace made for it"},
+			&cli.StringFlag{Name: "confine", Usage: "confine the agent and its REPL with Landlock to the rollout directory `ROOT` (local backend)"},
+			&cli.StringFlag{Name: "confinement", Value: confine.BestEffort, Usage: "with --confine: best-effort or required"},
+			&cli.BoolFlag{Name: "network", Usage: "with --confine: leave TCP alone (network: host)"},
 		},
 		Action: func(c *cli.Context) error {
 			// Ctrl-C is the runner's to handle: it ends agents in order.
@@ -50,6 +54,10 @@ func agentCommand() *cli.Command {
 				_ = os.WriteFile(m, nil, 0o644)
 			}
 			self, _ := os.Executable()
+			var conf *agent.Confine
+			if root := c.String("confine"); root != "" {
+				conf = &agent.Confine{Root: root, Mode: c.String("confinement"), Network: c.Bool("network")}
+			}
 			err := agent.Run(ctx, agent.Options{
 				Conn:     procs.Stream{R: os.Stdin, W: os.Stdout},
 				Log:      os.Stderr,
@@ -58,6 +66,7 @@ func agentCommand() *cli.Command {
 				Python:   c.String("python"),
 				TempDir:  c.String("tmp"),
 				Init:     c.Bool("init"),
+				Confine:  conf,
 			})
 			if err != nil {
 				return withCode(exitFailed, err)

@@ -64,7 +64,11 @@ func agentBinary(flag string) (string, error) {
 func newBackend(ctx context.Context, spec *schema.Spec, agent string) (backend, error) {
 	switch spec.Backend.Type {
 	case "local":
-		ex, err := local.New(local.Options{AgentPath: agent})
+		ex, err := local.New(local.Options{
+			AgentPath:   agent,
+			Confinement: spec.Backend.Local.Confinement,
+			Network:     spec.Backend.Local.Network == "host",
+		})
 		if err != nil {
 			return nil, err
 		}
