@@ -189,3 +189,41 @@ ls /usr/bin/env >/dev/null && echo system-readable`
 		t.Errorf("got %q", got)
 	}
 }
+
+// TestConfinementAbstractSockets: a host service on an abstract Unix socket
+// (D-Bus, X11 and others listen there) is out of a confined cell's reach.
+func TestConfinementAbstractSockets(t *testing.T) {
+	needLandlock(t)
+	name := fmt.Sprintf("rlmrun-test-%d", os.Getpid())
+	ln, err := net.Listen("unix", "@"+name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	code := fmt.Sprintf(`/usr/bin/python3 -c '
+import socket
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect("\0%s")
+    print("connected")
+except PermissionError:
+    print("refused")'`, name)
+	for _, c := range []struct{ confinement, want string }{{confine.BestEffort, "refused\n"}, {confine.Off, "connected\n"}} {
+		t.Run(c.confinement, func(t *testing.T) {
+			sess, _ := readyWith(t, Options{AgentPath: agentBin, Confinement: c.confinement}, "bash", filepath.Join(t.TempDir(), "rollout"), protocol.InitArgs{})
+			defer sess.Close(context.Background())
+			if got := cell(t, sess, code); got != c.want {
+				t.Errorf("got %q, want %q", got, c.want)
+			}
+		})
+	}
+}
