@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"time"
 )
 
 // stdio is the stdio transport: one JSON message per line on the server's
@@ -15,6 +16,7 @@ type stdio struct {
 	mu sync.Mutex // one writer at a time: lines must not interleave
 	w  io.WriteCloser
 	r  io.ReadCloser
+	s  *session
 }
 
 // ConnectStdio initialises a session with a server over its stdin (w) and
@@ -22,7 +24,7 @@ type stdio struct {
 // is Done, with why (exited, when given, says how the process ended).
 func ConnectStdio(ctx context.Context, r io.ReadCloser, w io.WriteCloser, info Implementation, exited func() error) (*Client, error) {
 	s := newSession()
-	t := &stdio{w: w, r: r}
+	t := &stdio{w: w, r: r, s: s}
 	s.t = t
 	go func() {
 		err := readLines(r, s.receive)
@@ -48,10 +50,27 @@ func (t *stdio) send(ctx context.Context, msg []byte, _ bool) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if _, err := t.w.Write(append(msg, '\n')); err != nil {
+		// A broken pipe is a server gone: how it went (its exit status)
+		// comes with the end of its output, a moment later.
+		timer := time.NewTimer(exitWait)
+		defer timer.Stop()
+		select {
+		case <-t.s.done:
+			// Not ErrClosed itself: that is the client closed by its owner.
+			if lost := t.s.err(); lost != nil && lost != ErrClosed {
+				return lost
+			}
+		case <-timer.C:
+		case <-ctx.Done():
+		}
 		return fmt.Errorf("%w: write to the server: %v", ErrClosed, err)
 	}
 	return nil
 }
+
+// exitWait bounds how long a failed write waits to learn how the server
+// ended.
+const exitWait = 2 * time.Second
 
 func (t *stdio) close() error {
 	t.mu.Lock()
