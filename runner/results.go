@@ -173,7 +173,9 @@ type Expectation struct {
 
 // Volatile holds the facts of a result that vary between runs.
 type Volatile struct {
-	RunID       string          `json:"run_id"`
+	RunID string `json:"run_id"`
+	// Environment is the packed environment the run ran, if it was one.
+	Environment *Environment    `json:"environment,omitempty"`
 	StartedAt   time.Time       `json:"started_at"`
 	Seconds     float64         `json:"seconds"`
 	Facts       *backends.Facts `json:"backend,omitempty"`

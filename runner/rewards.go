@@ -193,8 +193,9 @@ func (ro *rollout) runReward(where string, rw schema.Reward, dir string) (float6
 		}
 		rendered[i] = r
 	}
+	cmdDir := ro.env.spec.CommandDir(*rw.Run)
 	if prog := rendered[0]; strings.Contains(prog, "/") && !filepath.IsAbs(prog) {
-		rendered[0] = filepath.Join(ro.env.spec.Dir, prog)
+		rendered[0] = filepath.Join(cmdDir, prog)
 	}
 	in, _ := json.Marshal(map[string]any{
 		"rollout": ro.inst.ID, "status": ro.res.Status, "answer": ro.answer.Content,
@@ -208,7 +209,7 @@ func (ro *rollout) runReward(where string, rw schema.Reward, dir string) (float6
 	out := ro.env.spawner.Run(context.Background(), hostcmd.Call{
 		Cmd: hostcmd.Cmd{
 			Argv:  rendered,
-			Dir:   ro.env.spec.Dir,
+			Dir:   cmdDir,
 			Env:   hostcmd.Environ(os.Environ(), rw.PassEnv, rw.Env, extra...),
 			Stdin: bytes.NewReader(in),
 		},

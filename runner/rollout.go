@@ -60,8 +60,9 @@ func (env *runEnv) runRollout(ctx context.Context, index int, inst schema.Instan
 			Prompt:  inst.Rollout.Prompt,
 			Turns:   []Turn{},
 			Volatile: Volatile{
-				RunID:     env.runID,
-				StartedAt: start.UTC(),
+				RunID:       env.runID,
+				StartedAt:   start.UTC(),
+				Environment: env.environment,
 			},
 		},
 	}

@@ -92,6 +92,21 @@ type Options struct {
 	// Previous are results of an earlier run this one resumes: they are
 	// reported with the new ones, and the run appends to its results file.
 	Previous []*Result
+	// Environment, when set, says the spec came packed (an archive or a
+	// registry reference): every result records it.
+	Environment *Environment
+}
+
+// Environment names a packed environment a run ran: how it was given and
+// its digests. It is a fact of the run (volatile), so a folder and its
+// pushed artifact give the same digest of results.
+type Environment struct {
+	// Ref is the archive or oci:// reference as given.
+	Ref string `json:"ref"`
+	// Digest is the environment archive's digest.
+	Digest string `json:"digest"`
+	// Manifest is the registry manifest's digest the reference resolved to.
+	Manifest string `json:"manifest,omitempty"`
 }
 
 // Report is the outcome of a run.
@@ -138,6 +153,7 @@ type runEnv struct {
 	spawner         *hostcmd.Spawner
 	models          *models
 	tools           *toolSet
+	environment     *Environment // Options.Environment
 }
 
 // NewRunID returns a fresh run id: time, then randomness.
@@ -198,6 +214,7 @@ func newRunner(ctx context.Context, opts Options) (*Runner, error) {
 	r := &Runner{opts: opts, runEnv: runEnv{
 		spec: spec, backend: opts.Backend, runID: opts.RunID, interceptionURL: opts.InterceptionURL,
 		outDir: filepath.Join(outBase, opts.RunID), spawner: hostcmd.NewSpawner(true),
+		environment: opts.Environment,
 	}}
 	r.resultsPath = filepath.Join(r.outDir, "results.jsonl")
 	if err := os.MkdirAll(r.outDir, 0o755); err != nil {

@@ -207,7 +207,7 @@ func startSlot(ctx context.Context, spec *schema.Spec, m schema.MCPServer, i int
 	slot.cfg = mcpserver.Config{
 		Name:           m.Name,
 		URL:            m.URL,
-		Dir:            spec.Dir,
+		Dir:            spec.CommandDir(m.Command),
 		Env:            hostcmd.Environ(os.Environ(), m.PassEnv, m.Env, "RLM_MCP_SERVER="+m.Name),
 		StartupTimeout: m.StartupTimeout.Duration,
 		Log:            slot.log,

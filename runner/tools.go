@@ -90,6 +90,9 @@ type hostTools struct {
 
 func (h hostTools) run(ctx context.Context, t schema.Tool, call toolCall) (res any, cpu time.Duration, err error) {
 	sp, dir := h.spawner, h.dir
+	if t.Run.Dir != "" {
+		dir = t.Run.Dir // a base's tool runs from the base's folder
+	}
 	args, err := bindArgs(t, call.Args, call.Kwargs)
 	if err != nil {
 		return nil, 0, err

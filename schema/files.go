@@ -6,7 +6,7 @@ import (
 )
 
 // Inputs lists the files and folders on this machine the spec reads, as
-// absolute paths: the spec itself, filesystem.context_dir, the sources of
+// absolute paths: the spec itself and its local bases, filesystem.context_dir, the sources of
 // copy mutations, and the programs of tools and `run` rewards that live
 // under the spec's folder. Paths that depend on a rollout (templates) are
 // left out.
@@ -29,6 +29,9 @@ func (s *Spec) Inputs() []string {
 	if f, err := filepath.Abs(s.File); err == nil {
 		add(f)
 	}
+	for _, b := range s.Bases {
+		add(absFile(b.File))
+	}
 	add(s.Filesystem.ContextDir)
 	copies := func(ms []Mutation) {
 		for _, m := range ms {
@@ -43,7 +46,11 @@ func (s *Spec) Inputs() []string {
 	}
 	program := func(c Command) {
 		if len(c.Argv) > 0 && strings.Contains(c.Argv[0], "/") {
-			add(c.Argv[0])
+			p := c.Argv[0]
+			if !filepath.IsAbs(p) {
+				p = filepath.Join(s.CommandDir(c), p)
+			}
+			add(p)
 		}
 	}
 	for _, list := range [][]Tool{s.Tools, s.RootTools, s.SubTools} {

@@ -29,6 +29,9 @@ const SchemaID = "https://rlmrun.dev/schema/v1/spec.schema.json"
 // when loading many files.
 type Loader struct {
 	raw map[string]any
+	// Remote, when set, pulls the base of `extends: oci://REF` (REF
+	// without the scheme). Without it such bases are a problem.
+	Remote func(ref string) (RemoteBase, error)
 }
 
 // NewLoader parses the embedded schema.
@@ -111,7 +114,12 @@ func (l *Loader) LoadBytes(file, dir string, data []byte) (*Spec, error) {
 	if top.Kind != yaml.MappingNode {
 		return nil, joinProblems(file, []Problem{{Pos: posOf(top), Message: fmt.Sprintf("a spec must be a mapping (key: value), not %s", describeNodeKind(top))}})
 	}
-	b := &treeBuilder{ix: &positionIx{byPointer: map[string]*nodeInfo{}, byDisplay: map[string]Pos{}}, bad: map[string]bool{}}
+	x := &extender{l: l, origin: map[*yaml.Node]string{}, chain: []string{canonicalFile(file)}, dirs: map[string]string{}}
+	top, probs = x.extend(file, top)
+	if len(probs) > 0 {
+		return nil, joinProblems(file, probs)
+	}
+	b := &treeBuilder{ix: newPositionIx(), bad: map[string]bool{}, origin: x.origin}
 	tree, _ := b.build(top, "", "", Pos{})
 	if b.tooLarge {
 		return nil, joinProblems(file, b.tooLargeProblem())
@@ -163,6 +171,8 @@ func (l *Loader) LoadBytes(file, dir string, data []byte) (*Spec, error) {
 		spec.Dir = filepath.Clean(d)
 	}
 	finishDecode(spec, root, b.ix)
+	spec.Bases, spec.merged, spec.origin = x.bases, top, x.origin
+	rebase(spec, b.ix, x.dirs)
 
 	sc := &semanticChecker{spec: spec, ix: b.ix, skip: v.bad}
 	probs = append(probs, sc.check()...)
@@ -238,7 +248,7 @@ type failure struct {
 
 // at is a problem at the failing value.
 func (f failure) at(msg string) []Problem {
-	return []Problem{{Pos: f.info.Pos, Path: f.info.Display, Message: msg, ptr: f.viol.ptr}}
+	return []Problem{{File: f.info.File, Pos: f.info.Pos, Path: f.info.Display, Message: msg, ptr: f.viol.ptr}}
 }
 
 // leaf turns one violation into readable, located problems.
@@ -290,7 +300,7 @@ func keywordProblem(kw string) func(*schemaValidator, failure) []Problem {
 }
 
 func (v *schemaValidator) propertyNameProblem(f failure) []Problem {
-	return []Problem{{Pos: f.info.KeyPos, Path: f.info.Display, ptr: f.viol.ptr,
+	return []Problem{{File: f.info.File, Pos: f.info.KeyPos, Path: f.info.Display, ptr: f.viol.ptr,
 		Message: fmt.Sprintf("name %q must be an identifier (letters, digits and '_', not starting with a digit)", f.viol.prop)}}
 }
 
@@ -301,7 +311,7 @@ func (v *schemaValidator) requiredProblems(f failure) []Problem {
 	for _, r := range req {
 		name, _ := r.(string)
 		if _, ok := obj[name]; !ok {
-			out = append(out, Problem{Pos: f.info.Pos, Path: displayPath(f.info.Display, name, -1), Message: "missing required key", ptr: f.viol.ptr})
+			out = append(out, Problem{File: f.info.File, Pos: f.info.Pos, Path: displayPath(f.info.Display, name, -1), Message: "missing required key", ptr: f.viol.ptr})
 		}
 	}
 	return out
@@ -331,7 +341,7 @@ func (v *schemaValidator) unknownKeyProblems(f failure) []Problem {
 		} else if len(known) > 0 {
 			msg += " (known keys: " + strings.Join(known, ", ") + ")"
 		}
-		out = append(out, Problem{Pos: kinfo.KeyPos, Path: kinfo.Display, Message: msg, ptr: ptr})
+		out = append(out, Problem{File: kinfo.File, Pos: kinfo.KeyPos, Path: kinfo.Display, Message: msg, ptr: ptr})
 		v.bad[ptr+"/"+escapePointer(key)] = true
 	}
 	return out

@@ -52,11 +52,25 @@ func Problems(err error) []*Problem {
 }
 
 // joinProblems turns problems into one error that prints one problem per line.
+// A problem without a file is file's; the loaded spec's problems come
+// first, then each base's, each file's in line order.
 func joinProblems(file string, probs []Problem) error {
 	if len(probs) == 0 {
 		return nil
 	}
+	for i := range probs {
+		if probs[i].File == "" {
+			probs[i].File = file
+		}
+	}
 	sort.SliceStable(probs, func(i, j int) bool {
+		fa, fb := probs[i].File, probs[j].File
+		if fa != fb {
+			if fa == file || fb == file {
+				return fa == file
+			}
+			return fa < fb
+		}
 		a, b := probs[i].Pos, probs[j].Pos
 		if a.Line != b.Line {
 			return a.Line < b.Line
@@ -67,7 +81,6 @@ func joinProblems(file string, probs []Problem) error {
 	seen := map[string]bool{}
 	for i := range probs {
 		p := probs[i]
-		p.File = file
 		if seen[p.Error()] {
 			continue
 		}

@@ -71,7 +71,7 @@ func treeOf(data []byte) (any, bool) {
 	if len(probs) > 0 || doc == nil || len(doc.Content) == 0 {
 		return nil, false
 	}
-	b := &treeBuilder{ix: &positionIx{byPointer: map[string]*nodeInfo{}, byDisplay: map[string]Pos{}}, bad: map[string]bool{}}
+	b := &treeBuilder{ix: newPositionIx(), bad: map[string]bool{}}
 	tree, ok := b.build(doc.Content[0], "", "", Pos{})
 	return tree, ok && len(b.errs) == 0
 }

@@ -43,7 +43,7 @@ func (c *semanticChecker) at(path, format string, args ...any) {
 			}
 		}
 	}
-	c.probs = append(c.probs, Problem{Pos: pos, Path: path, Message: fmt.Sprintf(format, args...)})
+	c.probs = append(c.probs, Problem{File: c.ix.fileOf(path), Pos: pos, Path: path, Message: fmt.Sprintf(format, args...)})
 }
 
 // keyAt reports at a key's position (for keys that must not be there).
@@ -52,7 +52,7 @@ func (c *semanticChecker) keyAt(ptr, format string, args ...any) {
 	if info == nil {
 		return
 	}
-	c.probs = append(c.probs, Problem{Pos: info.KeyPos, Path: info.Display, Message: fmt.Sprintf(format, args...)})
+	c.probs = append(c.probs, Problem{File: info.File, Pos: info.KeyPos, Path: info.Display, Message: fmt.Sprintf(format, args...)})
 }
 
 func (c *semanticChecker) present(ptr string) bool {
@@ -322,7 +322,7 @@ func (c *semanticChecker) checkCommand(cmd Command, p string) {
 	if filepath.IsAbs(prog) || !strings.Contains(prog, "/") {
 		return
 	}
-	full := filepath.Join(c.spec.Dir, prog)
+	full := filepath.Join(c.spec.CommandDir(cmd), prog)
 	st, err := os.Stat(full)
 	switch {
 	case err != nil:

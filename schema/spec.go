@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"strconv"
 	"time"
+
+	"gopkg.in/yaml.v3"
 )
 
 // Spec is a validated rlmrun spec with every default applied.
@@ -31,9 +33,34 @@ type Spec struct {
 	Retention  Retention   `json:"retention"`
 	Rewards    []Reward    `json:"rewards,omitempty"`
 	Rollouts   []Rollout   `json:"rollouts"`
-	File       string      `json:"-"` // the spec file as given to the loader
-	Dir        string      `json:"-"` // absolute folder relative paths start from: the spec file's, or base_dir
-	positions  *positionIx `json:"-"`
+	// Package says which files beyond those the spec names go into its
+	// archive (rlmrun pack).
+	Package Package `json:"package"`
+	File    string  `json:"-"` // the spec file as given to the loader
+	Dir     string  `json:"-"` // absolute folder relative paths start from: the spec file's, or base_dir
+	// Bases are the specs this one extends, its own base first.
+	Bases     []Base      `json:"-"`
+	positions *positionIx `json:"-"`
+	// merged is the document as loaded (bases merged in); origin names the
+	// base file of the nodes a base wrote.
+	merged *yaml.Node
+	origin map[*yaml.Node]string
+}
+
+// Package lists files to pack beyond those the spec uses, as globs relative
+// to the spec's folder (`**` crosses folders).
+type Package struct {
+	Include []string `json:"include,omitempty"`
+	Exclude []string `json:"exclude,omitempty"`
+}
+
+// CommandDir is where a host command runs: the folder of the spec file that
+// declared it (a base's own for a command a base declared).
+func (s *Spec) CommandDir(c Command) string {
+	if c.Dir != "" {
+		return c.Dir
+	}
+	return s.Dir
 }
 
 // REPL configures the root model's REPL.
@@ -130,6 +157,9 @@ type MCPServer struct {
 type Command struct {
 	Argv  []string
 	Shell string
+	// Dir is set for a command a base declared: it runs from that base's
+	// folder (see Spec.CommandDir).
+	Dir string `json:"-"`
 }
 
 // IsZero reports whether no command was given.

@@ -24,17 +24,50 @@ type nodeInfo struct {
 	KeyPos  Pos    // the key's position when the value sits in a mapping
 	Display string // field path as shown to users: rollouts[2].turns[0].code
 	Keys    []string
+	// File is the spec file that wrote the value: the loaded spec's, or
+	// that of a base it extends.
+	File string
 }
 
 // positionIx maps JSON pointers (as used by JSON Schema) to node facts.
 type positionIx struct {
 	byPointer map[string]*nodeInfo
 	byDisplay map[string]Pos
+	// fileByDisplay names the file of values a base wrote (absent: the
+	// loaded spec's own).
+	fileByDisplay map[string]string
+}
+
+func newPositionIx() *positionIx {
+	return &positionIx{byPointer: map[string]*nodeInfo{}, byDisplay: map[string]Pos{}, fileByDisplay: map[string]string{}}
 }
 
 func (ix *positionIx) add(ptr string, info *nodeInfo) {
 	ix.byPointer[ptr] = info
 	ix.byDisplay[info.Display] = info.Pos
+	if info.File != "" {
+		ix.fileByDisplay[info.Display] = info.File
+	} else {
+		delete(ix.fileByDisplay, info.Display)
+	}
+}
+
+// fileOf names the file that wrote the value at a display path, or at its
+// closest parent that exists ("" for the loaded spec).
+func (ix *positionIx) fileOf(path string) string {
+	if ix == nil {
+		return ""
+	}
+	for p := path; ; {
+		if _, ok := ix.byDisplay[p]; ok {
+			return ix.fileByDisplay[p]
+		}
+		i := strings.LastIndexAny(p, ".[")
+		if i < 0 {
+			return ""
+		}
+		p = p[:i]
+	}
 }
 
 // Limits that keep hostile documents cheap: aliases can expand a small file
@@ -61,6 +94,10 @@ type treeBuilder struct {
 	alias                *yaml.Node
 	aliasPath            string
 	tooLargeProblemIndex int
+	// origin names the base file of nodes a base wrote (extends); file is
+	// the file of the node being built ("" for the loaded spec).
+	origin map[*yaml.Node]string
+	file   string
 }
 
 // tooLargeProblem is the one problem to report for a document over the
@@ -70,7 +107,7 @@ func (b *treeBuilder) tooLargeProblem() []Problem {
 }
 
 func (b *treeBuilder) problem(pos Pos, path, format string, args ...any) {
-	b.errs = append(b.errs, Problem{Pos: pos, Path: path, Message: fmt.Sprintf(format, args...)})
+	b.errs = append(b.errs, Problem{File: b.file, Pos: pos, Path: path, Message: fmt.Sprintf(format, args...)})
 }
 
 func displayPath(parent, key string, index int) string {
@@ -117,6 +154,11 @@ func (b *treeBuilder) build(n *yaml.Node, ptr, disp string, keyPos Pos) (any, bo
 		}
 		return nil, false
 	}
+	if f, ok := b.origin[n]; ok && f != b.file {
+		prev := b.file
+		b.file = f
+		defer func() { b.file = prev }()
+	}
 	b.depth++
 	defer func() { b.depth-- }()
 	if b.depth > 200 {
@@ -142,7 +184,7 @@ func (b *treeBuilder) build(n *yaml.Node, ptr, disp string, keyPos Pos) (any, bo
 		}
 		return v, ok
 	}
-	info := &nodeInfo{Pos: posOf(n), KeyPos: keyPos, Display: disp}
+	info := &nodeInfo{Pos: posOf(n), KeyPos: keyPos, Display: disp, File: b.file}
 	b.ix.add(ptr, info)
 	switch n.Kind {
 	case yaml.MappingNode:

@@ -83,6 +83,10 @@ EXAMPLES:
    rlmrun validate examples/*.yaml                check specs without running them
    rlmrun schema > rlmrun.schema.json             the JSON Schema, for editors
    rlmrun cleanup --dry-run                       list what killed runs left behind
+   rlmrun init my-env                             start a new environment
+   rlmrun pack examples/rlm-secrets/bash.yaml     one reproducible archive of a spec and its files
+   rlmrun push examples/rlm-secrets/bash.yaml ghcr.io/org/envs/rlm-secrets:1.0.0
+   rlmrun run --trust oci://ghcr.io/org/envs/rlm-secrets:1.0.0
    rlmrun version                                 print the version
 
 Exit codes: 0 success, 1 a rollout failed or an expectation was not met,
@@ -101,6 +105,10 @@ Exit codes: 0 success, 1 a rollout failed or an expectation was not met,
 			validateCommand(),
 			schemaCommand(),
 			cleanupCommand(),
+			packCommand(),
+			pushCommand(),
+			pullCommand(),
+			initCommand(),
 			versionCommand(),
 			agentCommand(),
 			sandboxInitCommand(),
@@ -131,7 +139,7 @@ func normalizeArgs(app *cli.App, args []string) []string {
 	}
 	out := append([]string{}, args...)
 	first := out[1]
-	if app.Command(first) == nil && !strings.HasPrefix(first, "-") && (strings.HasSuffix(first, ".yaml") || strings.HasSuffix(first, ".yml")) {
+	if app.Command(first) == nil && !strings.HasPrefix(first, "-") && runnable(first) {
 		out = append([]string{out[0], "run"}, out[1:]...)
 	}
 	cmd := app.Command(out[1])
@@ -183,6 +191,17 @@ func normalizeArgs(app *cli.App, args []string) []string {
 		res = append(res, positional...)
 	}
 	return res
+}
+
+// runnable says a first argument is something to run: a spec, an
+// environment archive or a registry reference.
+func runnable(arg string) bool {
+	for _, suffix := range []string{".yaml", ".yml", ".tar.gz", ".tgz"} {
+		if strings.HasSuffix(arg, suffix) {
+			return true
+		}
+	}
+	return strings.HasPrefix(arg, "oci://")
 }
 
 func versionCommand() *cli.Command {

@@ -31,7 +31,7 @@ func runCommand() *cli.Command {
 		Name:      "run",
 		Usage:     "validate a spec and run its rollouts",
 		ArgsUsage: "SPEC",
-		UsageText: `rlmrun run [flags] SPEC
+		UsageText: `rlmrun run [flags] SPEC|ENV.tar.gz|oci://REF
 
 Runs every rollout of SPEC and writes one JSON object per rollout to
 RETENTION_DIR/RUN_ID/results.jsonl (and --output FILE), then prints a summary
@@ -49,6 +49,8 @@ EXAMPLES:
    rlmrun run --dry-run examples/hello-bash.yaml
    rlmrun run --base-url http://127.0.0.1:8000/v1 --model Qwen/Qwen3-8B --record replay.yaml examples/real-model/rlm-secrets.yaml
    rlmrun run --resume rlmrun-out/20261126-101500-a1b2c3 --retries 2 examples/real-model/rlm-secrets.yaml
+   rlmrun run env.tar.gz                              an archive made by rlmrun pack
+   rlmrun run --trust oci://ghcr.io/org/envs/rlm-secrets:1.2.0
    rlmrun examples/hello-bash.yaml`,
 		Flags: []cli.Flag{
 			&cli.IntFlag{Name: "concurrency", Aliases: []string{"j"}, Usage: "rollouts run at once (default: CPU count)"},
@@ -72,6 +74,8 @@ EXAMPLES:
 			&cli.StringFlag{Name: "record", Usage: "write a scripted replay of the model's rollouts to `FILE` (rlmrun run FILE reproduces them)"},
 			&cli.StringFlag{Name: "resume", Usage: "resume the run in `RUN_DIR`: run only its rollouts without a result (or that ended in an infrastructure error), appending to its results"},
 			&cli.IntFlag{Name: "retries", Usage: "run a rollout that failed for an infrastructure reason (sandbox, model server, lost agent) again, up to `N` times"},
+			&cli.BoolFlag{Name: "trust", Usage: "run the tools, MCP servers and rewards of an environment from a registry (oci://REF, or one a spec extends) on this machine"},
+			insecureFlag(),
 			&cli.StringFlag{Name: "agent-binary", Usage: "the rlmrun binary to start as the agent (default: this one)", Hidden: true},
 		},
 		Action: runAction,
@@ -175,6 +179,7 @@ func runAction(c *cli.Context) error {
 		OnModelRetry:    prog.modelRetry,
 		Retries:         c.Int("retries"),
 		Previous:        plan.resume.previous,
+		Environment:     plan.env,
 	})
 	prog.close()
 	if err != nil && rep == nil {
@@ -205,6 +210,8 @@ type runPlan struct {
 	// usesModel says a model plays a rollout or answers a sub-LLM.
 	usesModel bool
 	resume    resumed
+	// env is set when the spec came packed (an archive or oci://REF).
+	env *runner.Environment
 }
 
 // outDir is where the run's results go: the resumed run's, --out-dir, or
@@ -213,7 +220,15 @@ func (p *runPlan) outDir(c *cli.Context) string {
 	if p.resume.outDir != "" {
 		return p.resume.outDir
 	}
-	return c.String("out-dir")
+	if d := c.String("out-dir"); d != "" || p.env == nil {
+		return d
+	}
+	// A packed environment lives in the cache: its results go where the
+	// command runs, never into the cache.
+	if abs, err := filepath.Abs(p.spec.Retention.Dir); err == nil {
+		return abs
+	}
+	return p.spec.Retention.Dir
 }
 
 // prepareRun checks the command line and the spec, and every report path,
@@ -221,14 +236,26 @@ func (p *runPlan) outDir(c *cli.Context) string {
 // to run (--dry-run printed the plan).
 func prepareRun(c *cli.Context) (*runPlan, error) {
 	if c.NArg() != 1 {
-		return nil, withCode(exitUsage, fmt.Errorf("run needs exactly one SPEC file, got %d (see rlmrun run --help)", c.NArg()))
+		return nil, withCode(exitUsage, fmt.Errorf("run needs exactly one SPEC file, archive or oci://REF, got %d (see rlmrun run --help)", c.NArg()))
 	}
 	file := c.Args().First()
-	spec, err := schema.Load(file)
+	src, err := newSources(context.Background(), c)
 	if err != nil {
-		fmt.Fprintln(c.App.ErrWriter, safetext.Lines(err.Error()))
-		return nil, withCode(exitUsage, fmt.Errorf("%s is invalid", file))
+		return nil, withCode(exitFailed, err)
 	}
+	l, err := src.load(file)
+	if err != nil {
+		var fe *errFetch
+		if errors.As(err, &fe) {
+			return nil, withCode(exitFailed, err)
+		}
+		fmt.Fprintln(c.App.ErrWriter, safetext.Lines(err.Error()))
+		return nil, withCode(exitUsage, fmt.Errorf("%s is invalid", safetext.Line(file)))
+	}
+	if err := checkTrust(l, c.Bool("trust")); err != nil {
+		return nil, withCode(exitUsage, err)
+	}
+	spec := l.spec
 	if err := applyOverrides(c, spec); err != nil {
 		return nil, withCode(exitUsage, err)
 	}
@@ -262,7 +289,7 @@ func prepareRun(c *cli.Context) (*runPlan, error) {
 	if err := checkReports(spec, reports); err != nil {
 		return nil, withCode(exitUsage, err)
 	}
-	plan := &runPlan{file: file, spec: spec, filter: filter, resume: res}
+	plan := &runPlan{file: file, spec: spec, filter: filter, resume: res, env: l.env}
 	played := 0
 	for _, in := range spec.ExpandedRollouts() {
 		if filter == nil || filter(in.ID) {
@@ -382,6 +409,9 @@ func writeReports(c *cli.Context, table io.Writer, spec *schema.Spec, rep *runne
 		runner.WriteProblems(table, rep)
 	} else {
 		runner.WriteSummary(table, rep)
+	}
+	if env := environmentOf(rep); env != nil {
+		fmt.Fprintf(table, "environment: %s (%s)\n", safetext.Line(env.Ref), env.Digest)
 	}
 	fmt.Fprintf(table, "digest: %s\n", digest)
 	if jf := c.String("junit"); jf != "" {
@@ -527,6 +557,18 @@ type jsonSummary struct {
 	Seconds     float64        `json:"seconds"`
 	Results     string         `json:"results"`
 	FailedIDs   []string       `json:"failed_ids,omitempty"`
+	// Environment is the packed environment that ran, if it was one.
+	Environment *runner.Environment `json:"environment,omitempty"`
+}
+
+// environmentOf is the packed environment a run ran (nil for a spec file).
+func environmentOf(rep *runner.Report) *runner.Environment {
+	for _, r := range rep.Results {
+		if r.Volatile.Environment != nil {
+			return r.Volatile.Environment
+		}
+	}
+	return nil
 }
 
 func writeJSONSummary(w io.Writer, spec *schema.Spec, rep *runner.Report, digest string, elapsed time.Duration, goldenDiffs int) error {
@@ -534,6 +576,7 @@ func writeJSONSummary(w io.Writer, spec *schema.Spec, rep *runner.Report, digest
 		Spec: spec.Name, RunID: rep.RunID, Backend: backendName(spec), Rollouts: len(rep.Results),
 		Statuses: map[string]int{}, NotStarted: len(rep.NotStarted), Interrupted: rep.Interrupted,
 		Digest: digest, GoldenDiffs: goldenDiffs, Seconds: elapsed.Seconds(), Results: rep.ResultsPath,
+		Environment: environmentOf(rep),
 	}
 	sum, n := 0.0, 0
 	for _, r := range rep.Results {
