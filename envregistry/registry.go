@@ -486,4 +486,3 @@ func (c *Client) configPath() string {
 	}
 	return "~/.docker/config.json"
 }
-
