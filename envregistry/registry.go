@@ -169,17 +169,19 @@ func (c *Client) userAgent() string {
 
 func (c *Client) httpClient(host string, insecure bool) *http.Client {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
-	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
-	pool := c.opts.RootCAs
-	if pool == nil {
-		pool, _ = x509.SystemCertPool()
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: c.opts.RootCAs}
+	if insecure {
+		cfg.InsecureSkipVerify = true
+	} else if pems, _ := filepath.Glob(filepath.Join("/etc/docker/certs.d", host, "*.crt")); len(pems) > 0 || len(c.extraCAs) > 0 {
+		// Docker's place for a private registry's CA, and CAFile, on top of
+		// the system's (parsed only when needed: it costs milliseconds).
+		pool := c.opts.RootCAs
+		if pool == nil {
+			pool, _ = x509.SystemCertPool()
+		}
 		if pool == nil {
 			pool = x509.NewCertPool()
 		}
-	}
-	// Docker's place for a private registry's CA.
-	pems, _ := filepath.Glob(filepath.Join("/etc/docker/certs.d", host, "*.crt"))
-	if len(pems) > 0 || len(c.extraCAs) > 0 {
 		pool = pool.Clone()
 		pool.AppendCertsFromPEM(c.extraCAs)
 		for _, p := range pems {
@@ -187,13 +189,10 @@ func (c *Client) httpClient(host string, insecure bool) *http.Client {
 				pool.AppendCertsFromPEM(b)
 			}
 		}
-	}
-	cfg.RootCAs = pool
-	if insecure {
-		cfg.InsecureSkipVerify = true
+		cfg.RootCAs = pool
 	}
 	tr.TLSClientConfig = cfg
-	return &http.Client{Transport: tr, Timeout: 0}
+	return &http.Client{Transport: tr}
 }
 
 // speaksHTTP tells whether an insecure registry answers plain HTTP (as

@@ -6,6 +6,7 @@ import (
 	iofs "io/fs"
 	"net/url"
 	"os"
+	"path"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -73,6 +74,7 @@ func (c *semanticChecker) check() []Problem {
 	c.checkMCPServers()
 	c.checkDurations()
 	c.checkFilesystem()
+	c.checkPackage()
 	c.checkRewards()
 	c.checkRollouts()
 	return c.probs
@@ -860,4 +862,21 @@ func pointerOf(display string) string {
 		b.WriteString(escapePointer(strings.Trim(part, "[]")))
 	}
 	return b.String()
+}
+
+// checkPackage checks package.include and exclude: globs relative to the
+// spec's folder that stay inside it.
+func (c *semanticChecker) checkPackage() {
+	for key, globs := range map[string][]string{"include": c.spec.Package.Include, "exclude": c.spec.Package.Exclude} {
+		for i, g := range globs {
+			p := fmt.Sprintf("package.%s[%d]", key, i)
+			_, err := path.Match(strings.ReplaceAll(g, "**", "*"), "")
+			switch {
+			case err != nil:
+				c.at(p, "bad glob %q: %v", g, err)
+			case strings.HasPrefix(g, "/") || strings.Contains("/"+g+"/", "/../"):
+				c.at(p, "glob %q must stay inside the spec's folder (relative, no '..'), like tools/*.py or data/**", g)
+			}
+		}
+	}
 }
