@@ -84,6 +84,7 @@ EXAMPLES:
    rlmrun schema > rlmrun.schema.json             the JSON Schema, for editors
    rlmrun cleanup --dry-run                       list what killed runs left behind
    rlmrun init my-env                             start a new environment
+   rlmrun report rlmrun-out/RUN_ID                the run as one HTML file
    rlmrun pack examples/rlm-secrets/bash.yaml     one reproducible archive of a spec and its files
    rlmrun push examples/rlm-secrets/bash.yaml ghcr.io/org/envs/rlm-secrets:1.0.0
    rlmrun run --trust oci://ghcr.io/org/envs/rlm-secrets:1.0.0
@@ -109,6 +110,7 @@ Exit codes: 0 success, 1 a rollout failed or an expectation was not met,
 			pushCommand(),
 			pullCommand(),
 			initCommand(),
+			reportCommand(),
 			versionCommand(),
 			agentCommand(),
 			sandboxInitCommand(),

@@ -21,6 +21,7 @@ import (
 	"github.com/rlmrun/rlmrun/backends"
 	"github.com/rlmrun/rlmrun/internal/atomicfile"
 	"github.com/rlmrun/rlmrun/internal/safetext"
+	"github.com/rlmrun/rlmrun/report"
 	"github.com/rlmrun/rlmrun/runner"
 	"github.com/rlmrun/rlmrun/schema"
 	"github.com/rlmrun/rlmrun/subllm/chatapi"
@@ -63,6 +64,7 @@ EXAMPLES:
 			&cli.StringFlag{Name: "golden", Usage: "compare the deterministic results with `FILE` (written by --update-golden)"},
 			&cli.BoolFlag{Name: "update-golden", Usage: "write the deterministic results to the --golden file"},
 			&cli.StringFlag{Name: "junit", Usage: "write a JUnit XML report to `FILE`"},
+			&cli.BoolFlag{Name: "report", Usage: "write report.html (one self-contained file to open in a browser) next to results.jsonl"},
 			&cli.BoolFlag{Name: "json", Usage: "print a machine-readable summary on stdout (the table goes to stderr)"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress and no table: the final line and problems only"},
 			&cli.BoolFlag{Name: "dry-run", Usage: "validate and print the plan (rollouts, backend, tools) without running"},
@@ -192,7 +194,7 @@ func runAction(c *cli.Context) error {
 	if err != nil {
 		problems = append(problems, err.Error())
 	}
-	out, rerr := writeReports(c, table, plan.spec, rep, time.Since(start))
+	out, rerr := writeReports(c, table, plan.spec, rep, start, time.Since(start))
 	problems = append(problems, rerr...)
 	if f := c.String("record"); f != "" {
 		problems = append(problems, record(table, f, plan.spec, rep)...)
@@ -397,7 +399,7 @@ type reportsOut struct{ goldenDiffs int }
 // writeReports prints the summary and the digest, and writes the JUnit
 // report, the golden file or its comparison, and the --json summary. It
 // returns the problems met doing so.
-func writeReports(c *cli.Context, table io.Writer, spec *schema.Spec, rep *runner.Report, elapsed time.Duration) (reportsOut, []string) {
+func writeReports(c *cli.Context, table io.Writer, spec *schema.Spec, rep *runner.Report, started time.Time, elapsed time.Duration) (reportsOut, []string) {
 	var out reportsOut
 	var problems []string
 	digest, err := runner.Digest(rep.Results)
@@ -419,12 +421,31 @@ func writeReports(c *cli.Context, table io.Writer, spec *schema.Spec, rep *runne
 			problems = append(problems, werr.Error())
 		}
 	}
+	var gold *report.Golden
 	if gf := c.String("golden"); gf != "" && !rep.Interrupted {
 		diffs, err := golden(table, gf, c.Bool("update-golden"), rep)
 		if err != nil {
 			problems = append(problems, err.Error())
+		} else if !c.Bool("update-golden") {
+			gold = &report.Golden{File: gf, Differences: diffs}
 		}
-		out.goldenDiffs = diffs
+		out.goldenDiffs = len(diffs)
+	}
+	run := &report.Run{
+		Spec: spec.Name, SpecFile: spec.File, Backend: backendName(spec), Language: spec.REPL.Language,
+		RunID: rep.RunID, StartedAt: started.UTC(), Seconds: elapsed.Seconds(), Digest: digest,
+		Environment: environmentOf(rep), Interrupted: rep.Interrupted, NotStarted: rep.NotStarted, Golden: gold,
+	}
+	if err := report.WriteRun(rep.Dir, run); err != nil {
+		problems = append(problems, err.Error())
+	}
+	if c.Bool("report") {
+		file := filepath.Join(rep.Dir, "report.html")
+		if err := writeReport(rep.Dir, file); err != nil {
+			problems = append(problems, err.Error())
+		} else {
+			fmt.Fprintf(table, "report: %s\n", safetext.Line(file))
+		}
 	}
 	if c.Bool("json") {
 		if jerr := writeJSONSummary(c.App.Writer, spec, rep, digest, elapsed, out.goldenDiffs); jerr != nil {
@@ -436,27 +457,29 @@ func writeReports(c *cli.Context, table io.Writer, spec *schema.Spec, rep *runne
 
 // golden writes the golden file (update) or compares the run with it,
 // printing the differences; it returns how many there were.
-func golden(w io.Writer, file string, update bool, rep *runner.Report) (int, error) {
+func golden(w io.Writer, file string, update bool, rep *runner.Report) ([]string, error) {
 	if update {
 		if err := runner.WriteGolden(file, rep.Results); err != nil {
-			return 0, err
+			return nil, err
 		}
 		fmt.Fprintf(w, "golden: wrote %s\n", file)
-		return 0, nil
+		return nil, nil
 	}
 	diffs, err := runner.CompareGolden(file, rep.Results)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	if len(diffs) == 0 {
 		fmt.Fprintf(w, "golden: matches %s\n", file)
-		return 0, nil
+		return nil, nil
 	}
 	fmt.Fprintf(w, "golden: %d difference(s) from %s:\n", len(diffs), file)
-	for _, d := range diffs {
+	lines := make([]string, len(diffs))
+	for i, d := range diffs {
+		lines[i] = fmt.Sprint(d)
 		fmt.Fprintf(w, "  %s\n", d)
 	}
-	return len(diffs), nil
+	return lines, nil
 }
 
 // exitCode is the run's exit: interrupted (130, 143 for SIGTERM), failed
