@@ -27,6 +27,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/rlmrun/rlmrun/internal/atomicfile"
 	"github.com/rlmrun/rlmrun/runner"
 )
 
@@ -34,10 +35,12 @@ import (
 const RunFile = "run.json"
 
 // Run is what a run says of itself (run.json): what the results alone do
-// not hold.
+// not hold. It extends runner.RunInfo (run_id, name, spec), which the
+// runner writes when the run starts and --resume reads.
 type Run struct {
-	Spec     string `json:"spec"`
-	SpecFile string `json:"spec_file,omitempty"`
+	// Spec is the spec's name; SpecFile the file as given.
+	Spec     string `json:"name"`
+	SpecFile string `json:"spec,omitempty"`
 	Backend  string `json:"backend,omitempty"`
 	// Language is the REPL's: bash or python.
 	Language string `json:"language,omitempty"`
@@ -60,13 +63,16 @@ type Golden struct {
 	Differences []string `json:"differences"`
 }
 
-// WriteRun writes run.json into the run's folder.
+// WriteRun writes run.json into the run's folder, whole or not at all.
 func WriteRun(dir string, r *Run) error {
 	b, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(filepath.Join(dir, RunFile), append(b, '\n'), 0o644)
+	return atomicfile.Write(filepath.Join(dir, RunFile), func(w io.Writer) error {
+		_, err := w.Write(append(b, '\n'))
+		return err
+	})
 }
 
 // Input is what a report shows.
@@ -226,11 +232,12 @@ var pageTmpl = template.Must(template.New("report").Parse(page))
 
 // summary is the run page's content, rendered on the host.
 type summary struct {
-	Run        Run
-	Nonce      string
-	CSS        template.CSS
-	JS         template.JS
-	Data       string // base64 of the gzipped JSON payload
+	Run   Run
+	Nonce string
+	CSS   template.CSS
+	JS    template.JS
+	// Data are the page's data elements (see data).
+	Data       template.HTML
 	Title      string
 	When       string
 	Duration   string
@@ -248,11 +255,55 @@ type count struct {
 	N      int
 }
 
-// payload is what the page's script reads.
-type payload struct {
-	Language string             `json:"language,omitempty"`
-	Results  []*runner.Result   `json:"results"`
-	Listings map[string][]Entry `json:"listings"`
+// blockSize is how many rollouts' details are compressed together: the
+// page inflates one block to open one trajectory.
+const blockSize = 100
+
+// dataElements renders the page's data as two JSON script elements, which the
+// browser never runs: a summary row per rollout, read at once for the
+// table, and the full results (with the retained files' listings), gzipped
+// and base64-encoded in blocks of blockSize, inflated only when a
+// trajectory opens or a search needs them. encoding/json escapes <, > and
+// &, so no byte of either can end its element.
+func dataElements(in *Input) (template.HTML, error) {
+	type detail struct {
+		Result  *runner.Result `json:"result"`
+		Listing []Entry        `json:"listing,omitempty"`
+	}
+	rows := make([][]any, len(in.Results))
+	var blocks []string
+	for start := 0; start < len(in.Results); start += blockSize {
+		end := min(start+blockSize, len(in.Results))
+		block := make([]detail, 0, end-start)
+		for i := start; i < end; i++ {
+			r := in.Results[i]
+			block = append(block, detail{Result: r, Listing: in.Listings[r.ID]})
+			var rw any
+			if r.Reward != nil {
+				rw = *r.Reward
+			}
+			answer := r.Answer
+			if len(answer) > 300 {
+				answer = strings.ToValidUTF8(answer[:300], "") + "…"
+			}
+			rows[i] = []any{r.ID, r.Status, r.Passed, rw, len(r.Turns), r.Volatile.Seconds, answer}
+		}
+		b, err := gzipJSON(block)
+		if err != nil {
+			return "", err
+		}
+		blocks = append(blocks, b)
+	}
+	summary, err := json.Marshal(map[string]any{"language": in.Run.Language, "block_size": blockSize, "rows": rows})
+	if err != nil {
+		return "", err
+	}
+	bj, err := json.Marshal(blocks)
+	if err != nil {
+		return "", err
+	}
+	return template.HTML(`<script type="application/json" id="rlmrun-summary">` + string(summary) + "</script>\n" +
+		`<script type="application/json" id="rlmrun-blocks">` + string(bj) + "</script>"), nil
 }
 
 // Write renders the report.
@@ -261,7 +312,7 @@ func Write(w io.Writer, in *Input) error {
 	if _, err := rand.Read(nonce); err != nil {
 		return err
 	}
-	data, err := encode(payload{Language: in.Run.Language, Results: in.Results, Listings: in.Listings})
+	data, err := dataElements(in)
 	if err != nil {
 		return err
 	}
@@ -303,17 +354,16 @@ func Write(w io.Writer, in *Input) error {
 	return pageTmpl.Execute(w, s)
 }
 
-// encode gzips the payload's JSON and writes it as base64: a tenth of the
-// size for results (which repeat a lot), and no byte of it can end the
-// script element that holds it.
-func encode(p payload) (string, error) {
+// gzipJSON gzips v's JSON and writes it as base64: a fraction of the size
+// for results, which repeat a lot.
+func gzipJSON(v any) (string, error) {
 	var buf bytes.Buffer
 	zw, err := gzip.NewWriterLevel(&buf, gzip.BestSpeed)
 	if err != nil {
 		return "", err
 	}
 	enc := json.NewEncoder(zw)
-	if err := enc.Encode(p); err != nil {
+	if err := enc.Encode(v); err != nil {
 		return "", err
 	}
 	if err := zw.Close(); err != nil {

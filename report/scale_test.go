@@ -1,6 +1,7 @@
 package report
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -13,32 +14,35 @@ import (
 	"github.com/rlmrun/rlmrun/runner"
 )
 
-// typical is a rollout about as large as an rlm-secrets one in results.jsonl
-// (~9 KB of JSON): a prompt, 6 cells with outputs, tool and sub-LLM calls.
-func typical(i int) *runner.Result {
-	r := result(fmt.Sprintf("rollout-%05d", i), fmt.Sprintf("answer %d", i%7))
-	r.Reward = reward(float64(i%5) / 4)
-	r.Volatile.Seconds = 0.5 + float64(i%97)/50
-	cell := strings.Repeat(fmt.Sprintf("file%d.txt: 3f2c9a6e-1b7d-4c8e-9a0f-%012d\n", i, i), 8)
-	r.Turns = nil
-	for j := 0; j < 6; j++ {
-		r.Turns = append(r.Turns, runner.Turn{Code: fmt.Sprintf("for f in *.txt; do echo \"$f: $(cat \"$f\")\"; done # %d", j), Output: cell})
+// realRun is 10,000 rollouts of a real run: the two rollouts of
+// examples/rlm-secrets/bash.yaml (testdata, ~9 KB of JSON each: six cells,
+// nine calls, a sub-LLM batch) repeated under new ids, rewards and times.
+func realRun(t testing.TB) []*runner.Result {
+	t.Helper()
+	base, err := readResults("testdata/rlm-secrets-bash.jsonl")
+	if err != nil || len(base) != 2 {
+		t.Fatalf("fixture: %v", err)
 	}
-	for j := 0; j < 8; j++ {
-		r.Calls = append(r.Calls, r.Calls[j%2])
+	out := make([]*runner.Result, 10_000)
+	for i := range out {
+		b, _ := json.Marshal(base[i%2])
+		var r runner.Result
+		if err := json.Unmarshal(b, &r); err != nil {
+			t.Fatal(err)
+		}
+		r.ID = fmt.Sprintf("%s#%d", r.Rollout, i/2)
+		r.Reward = reward(float64(i%5) / 4)
+		r.Volatile.Seconds = 0.5 + float64(i%97)/50
+		out[i] = &r
 	}
-	return r
+	return out
 }
 
 // TestReportOf10000Rollouts: the report of a 10,000-rollout run stays under
 // 50 MB (the bound), and opens in a browser with its first rows
 // rendered and no more.
 func TestReportOf10000Rollouts(t *testing.T) {
-	results := make([]*runner.Result, 10_000)
-	for i := range results {
-		results[i] = typical(i)
-	}
-	file := writeRun(t, results, nil)
+	file := writeRun(t, realRun(t), nil)
 	st, err := os.Stat(file)
 	if err != nil {
 		t.Fatal(err)
@@ -65,11 +69,7 @@ func TestReportOf10000Rollouts(t *testing.T) {
 //
 //	go test ./report -run '^$' -bench OpenReport -benchtime 5x -count 3
 func BenchmarkOpenReport(b *testing.B) {
-	results := make([]*runner.Result, 10_000)
-	for i := range results {
-		results[i] = typical(i)
-	}
-	file := writeRun(b, results, nil)
+	file := writeRun(b, realRun(b), nil)
 	st, _ := os.Stat(file)
 	plain := filepath.Join(b.TempDir(), "plain.html")
 	f, err := os.Create(plain)
@@ -93,10 +93,7 @@ func BenchmarkOpenReport(b *testing.B) {
 
 // BenchmarkWriteReport: rlmrun's side, writing the 10,000-rollout report.
 func BenchmarkWriteReport(b *testing.B) {
-	in := &Input{Run: Run{Spec: "bench"}, Listings: map[string][]Entry{}}
-	for i := 0; i < 10_000; i++ {
-		in.Results = append(in.Results, typical(i))
-	}
+	in := &Input{Run: Run{Spec: "bench"}, Listings: map[string][]Entry{}, Results: realRun(b)}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		if err := Write(io.Discard, in); err != nil {

@@ -62,3 +62,34 @@ func TestReportOfRLMSecrets(t *testing.T) {
 	browsertest.WaitFor(t, ctx, `[...document.querySelectorAll('#trajectory details[open] .role')].some(e => e.textContent === 'reply')`)
 	browsertest.Shot(t, ctx, "trajectory.png")
 }
+
+// TestReportShowsTheGoldenComparison: a run compared with a golden file
+// that differs shows the differences on its run page (escaped: they quote
+// model output).
+func TestReportShowsTheGoldenComparison(t *testing.T) {
+	spec := "../../examples/hello-bash.yaml"
+	gold := filepath.Join(t.TempDir(), "hello.golden")
+	if code, stdout, stderr := runCLI(t, "run", "--agent-binary", rlmrunBin, "--out-dir", t.TempDir(), "-q", "--golden", gold, "--update-golden", spec); code != 0 {
+		t.Fatalf("update golden: exit %d\n%s%s", code, stdout, stderr)
+	}
+	b, err := os.ReadFile(gold)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(gold, []byte(strings.Replace(string(b), `"answer":"21"`, `"answer":"<b>22</b>"`, 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := t.TempDir()
+	code, stdout, stderr := runCLI(t, "run", "--agent-binary", rlmrunBin, "--out-dir", out, "-q", "--golden", gold, "--report", spec)
+	if code != 1 || !strings.Contains(stdout, "difference(s)") {
+		t.Fatalf("exit %d, want 1 with differences\n%s%s", code, stdout, stderr)
+	}
+	reports, _ := filepath.Glob(filepath.Join(out, "*", "report.html"))
+	if len(reports) != 1 {
+		t.Fatalf("reports: %v", reports)
+	}
+	html, _ := os.ReadFile(reports[0])
+	if !strings.Contains(string(html), "difference(s)") || !strings.Contains(string(html), "&lt;b&gt;22&lt;/b&gt;") || strings.Contains(string(html), "<b>22</b>") {
+		t.Errorf("the report's golden section is missing or unescaped")
+	}
+}

@@ -25,13 +25,43 @@
 
   // ---- data ---------------------------------------------------------------
 
-  async function load() {
-    const raw = atob(window.RLMRUN_DATA || '');
-    window.RLMRUN_DATA = null;
+  // The summary (a row per rollout) is read at once; the full results come
+  // in gzipped blocks, inflated when a trajectory opens or a search needs
+  // them, and a few are kept.
+  let SUMMARY = null;
+  let BLOCKS = [];
+  const blockCache = new Map();
+  const BLOCKS_KEPT = 8;
+
+  function loadSummary() {
+    performance.mark('rlmrun-load');
+    SUMMARY = JSON.parse($('rlmrun-summary').textContent);
+    BLOCKS = JSON.parse($('rlmrun-blocks').textContent);
+    performance.mark('rlmrun-parsed');
+  }
+
+  async function inflate(b64) {
+    const raw = atob(b64);
     const bytes = new Uint8Array(raw.length);
     for (let i = 0; i < raw.length; i++) bytes[i] = raw.charCodeAt(i);
     const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream('gzip'));
     return JSON.parse(await new Response(stream).text());
+  }
+
+  async function block(n) {
+    let b = blockCache.get(n);
+    if (!b) {
+      b = await inflate(BLOCKS[n]);
+      blockCache.set(n, b);
+      if (blockCache.size > BLOCKS_KEPT) blockCache.delete(blockCache.keys().next().value);
+    }
+    return b;
+  }
+
+  // detail is rollout i's full result and listing.
+  async function detail(i) {
+    const size = SUMMARY.block_size;
+    return (await block(Math.floor(i / size)))[i % size];
   }
 
   // ---- text rendering -------------------------------------------------------
@@ -207,7 +237,6 @@
 
   // ---- the table -------------------------------------------------------------
 
-  let DATA = null;
   let ROWS = [];
   let view = [];
   let rendered = 0;
@@ -215,17 +244,17 @@
   let sortDir = 1;
   let searchText = null;
 
-  function row(r, i) {
+  function row(s, i) {
     return {
       index: i + 1,
-      id: r.id,
-      status: r.status,
-      passed: !!r.passed,
-      reward: r.reward === undefined || r.reward === null ? null : Number(r.reward),
-      turns: (r.turns || []).length,
-      seconds: Number((r.volatile && r.volatile.seconds) || 0),
-      answer: r.answer || '',
-      r,
+      pos: i,
+      id: String(s[0]),
+      status: String(s[1]),
+      passed: !!s[2],
+      reward: s[3] === null || s[3] === undefined ? null : Number(s[3]),
+      turns: Number(s[4]) || 0,
+      seconds: Number(s[5]) || 0,
+      answer: s[6] == null ? '' : String(s[6]),
     };
   }
 
@@ -239,16 +268,37 @@
     return new RegExp('^' + s + '$');
   }
 
-  function haystack(row) {
-    if (row.hay === undefined) {
-      const parts = [row.answer];
-      for (const t of row.r.turns || []) parts.push(t.output || '', t.code || '');
-      row.hay = parts.join('\n').toLowerCase();
+  // Text search reads every rollout's answer and outputs: the first search
+  // inflates the blocks one after the other, saying how far it got, and
+  // keeps only the searchable text.
+  let searchReady = null;
+  function ensureSearchable() {
+    if (!searchReady) {
+      searchReady = (async () => {
+        for (let n = 0; n < BLOCKS.length; n++) {
+          const b = await block(n);
+          b.forEach((d, j) => {
+            const w = ROWS[n * SUMMARY.block_size + j];
+            const r = d.result || {};
+            const parts = [r.answer || ''];
+            for (const t of r.turns || []) parts.push(t.output || '', t.code || '');
+            w.hay = parts.join('\n').toLowerCase();
+          });
+          $('shown').textContent = 'reading outputs to search: ' + Math.round(100 * (n + 1) / BLOCKS.length) + '%';
+        }
+      })();
     }
-    return row.hay;
+    return searchReady;
   }
 
-  function applyFilters() {
+  function haystack(w) { return w.hay === undefined ? w.answer.toLowerCase() : w.hay; }
+
+  let filterGen = 0;
+  async function applyFilters() {
+    const gen = ++filterGen;
+    if ($('f-text').value.trim() !== '') await ensureSearchable();
+    if (gen !== filterGen) return; // a newer filter runs
+
     const st = $('f-status').value;
     const pa = $('f-passed').value;
     const rmin = $('f-rmin').value === '' ? null : Number($('f-rmin').value);
@@ -381,7 +431,8 @@
     return d;
   }
 
-  function trajectory(r) {
+  function trajectory(d) {
+    const r = d.result || {};
     const t = $('trajectory');
     t.textContent = '';
     const back = el('a', 'back', '← all rollouts');
@@ -452,7 +503,7 @@
       ['upload', v.upload_ms !== undefined ? fmtNum(v.upload_ms) + ' ms' : undefined], ['download', v.download_ms !== undefined ? fmtNum(v.download_ms) + ' ms' : undefined],
       ['environment', v.environment], ['retained directory', v.retained_dir]];
     t.appendChild(append(section('Run facts'), kvTable(facts)));
-    const listing = (DATA.listings || {})[r.id];
+    const listing = d.listing;
     if (listing && listing.length) {
       const s = section('Retained directory (' + listing.length + ' entries)');
       const tb = el('table');
@@ -465,16 +516,18 @@
 
   // ---- pages ----------------------------------------------------------------
 
-  function route() {
+  async function route() {
     const h = location.hash;
     const m = /^#rollout=(.*)$/.exec(h);
     const traj = $('trajectory');
-    if (m && DATA) {
+    if (m && SUMMARY) {
       let id;
       try { id = decodeURIComponent(m[1]); } catch (e) { id = ''; }
       const w = ROWS.find((x) => x.id === id);
       if (w) {
-        trajectory(w.r);
+        const d = await detail(w.pos);
+        if (location.hash !== h) return; // another page was asked for meanwhile
+        trajectory(d);
         traj.hidden = false;
         $('run-page').hidden = true;
         $('rollouts').hidden = true;
@@ -491,13 +544,14 @@
 
   async function main() {
     try {
-      DATA = await load();
+      loadSummary();
+      if (BLOCKS.length && typeof DecompressionStream === 'undefined') throw new Error('this browser has no DecompressionStream');
     } catch (e) {
       $('shown').textContent = 'This report cannot be read here: ' + e;
       return;
     }
-    LANG = (DATA.language || '');
-    ROWS = (DATA.results || []).map(row);
+    LANG = SUMMARY.language || '';
+    ROWS = (SUMMARY.rows || []).map(row);
     const statuses = [...new Set(ROWS.map((w) => w.status))].sort();
     for (const s of statuses) $('f-status').appendChild(el('option', '', s));
     let timer = null;
@@ -515,9 +569,10 @@
     new IntersectionObserver((es) => {
       if (es.some((e) => e.isIntersecting) && rendered < view.length) renderMore();
     }, { rootMargin: '600px' }).observe($('more'));
-    applyFilters();
+    await applyFilters();
     window.addEventListener('hashchange', route);
-    route();
+    await route();
+    performance.mark('rlmrun-ready');
     document.body.dataset.ready = '1';
   }
 
