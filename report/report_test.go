@@ -248,9 +248,12 @@ func TestTableFilterAndSort(t *testing.T) {
 	}
 	browsertest.Eval[bool](t, ctx, `(() => { document.getElementById('more').scrollIntoView(); return true; })()`)
 	browsertest.WaitFor(t, ctx, `document.querySelectorAll('#rows tr').length === 400`)
+	// filter sets a field and waits until the table shows the result (the
+	// first text search inflates every block first).
 	filter := func(id, value string) {
+		before := browsertest.Eval[string](t, ctx, `document.body.dataset.filtered || '0'`)
 		browsertest.Eval[bool](t, ctx, fmt.Sprintf(`(() => { const e = document.getElementById(%q); e.value = %q; e.dispatchEvent(new Event('input', {bubbles: true})); return true; })()`, id, value))
-		time.Sleep(400 * time.Millisecond)
+		browsertest.WaitFor(t, ctx, fmt.Sprintf(`Number(document.body.dataset.filtered || 0) > %s`, before))
 	}
 	filter("f-text", "NEEDLE")
 	if n := rows(); n != 1 || browsertest.Eval[string](t, ctx, `document.querySelector('#rows tr').dataset.id`) != "roll-123" {

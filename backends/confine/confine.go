@@ -31,8 +31,23 @@ const (
 // None is the result of a process left unconfined.
 const None = "none"
 
-// ErrUnavailable is returned in Required mode by a kernel without Landlock.
+// ErrUnavailable is returned in Required mode by a kernel without Landlock
+// (or a build of rlmrun that cannot use it).
 var ErrUnavailable = errors.New("landlock is not available on this kernel (backend.local.confinement: required)")
+
+// errCgo is ErrUnavailable for a cgo build.
+var errCgo = fmt.Errorf("%w: this rlmrun was built with cgo, and a cgo build cannot confine its agent; build it with CGO_ENABLED=0 (as the README's install does)", ErrUnavailable)
+
+// Unavailable says why Landlock cannot be used here (nil when it can).
+func Unavailable() error {
+	if cgoBuild {
+		return errCgo
+	}
+	if ABI() < 1 {
+		return ErrUnavailable
+	}
+	return nil
+}
 
 // Policy is what a confined process may reach; everything else is refused.
 type Policy struct {
@@ -81,8 +96,17 @@ func (p Policy) WithInterpreter(path string) Policy {
 	return p
 }
 
-// ABI is the kernel's Landlock ABI version, 0 without Landlock.
+// ABI is the Landlock ABI version this process can use: the kernel's
+// (KernelABI), or 0 in a cgo build, which cannot use it.
 func ABI() int {
+	if cgoBuild {
+		return 0
+	}
+	return KernelABI()
+}
+
+// KernelABI is the kernel's Landlock ABI version, 0 without Landlock.
+func KernelABI() int {
 	v, err := llsys.LandlockGetABIVersion()
 	if err != nil || v < 0 {
 		return 0
@@ -106,7 +130,7 @@ func Apply(p Policy, mode string) (string, error) {
 	abi := ABI()
 	if abi < 1 {
 		if mode == Required {
-			return None, ErrUnavailable
+			return None, Unavailable()
 		}
 		return None, nil
 	}

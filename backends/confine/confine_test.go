@@ -9,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/rlmrun/rlmrun/internal/testbin"
 )
 
 // Apply cannot be undone, so each case confines a child: this test binary
@@ -77,8 +79,11 @@ func helper(dir string) int {
 }
 
 func TestApply(t *testing.T) {
-	if ABI() < 4 {
+	if KernelABI() < 4 {
 		t.Skip("Landlock ABI >= 4 needed (this kernel has none or an older one)")
+	}
+	if cgoBuild {
+		testbin.Need(t, false, "a test binary built without cgo (CGO_ENABLED=0 go test ./backends/confine, as scripts/test does)")
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -21,7 +21,7 @@ import (
 // needLandlock skips (or, under scripts/test, fails) without Landlock.
 func needLandlock(t *testing.T) {
 	t.Helper()
-	testbin.Need(t, confine.ABI() >= 6, "Landlock ABI >= 6 (a kernel of 6.12 or later)")
+	testbin.Need(t, confine.KernelABI() >= 6, "Landlock ABI >= 6 (a kernel of 6.12 or later)")
 }
 
 // cell runs code and returns its output, stdout and stderr together.
@@ -168,7 +168,7 @@ func TestConfinementKeepsTheREPLWorking(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sess.Close(context.Background())
-	if facts.Confinement != fmt.Sprintf("landlock-abi-%d", min(confine.ABI(), 7)) {
+	if facts.Confinement != fmt.Sprintf("landlock-abi-%d", min(confine.KernelABI(), 7)) {
 		t.Errorf("confinement %q", facts.Confinement)
 	}
 	if err := sess.Init(context.Background(), protocol.InitArgs{Root: root, Language: "bash", Python: "/usr/bin/python3"}); err != nil {

@@ -64,8 +64,10 @@ func New(opts Options) (*Executor, error) {
 	default:
 		return nil, fmt.Errorf("confinement %q: want %s, %s or %s", opts.Confinement, confine.BestEffort, confine.Required, confine.Off)
 	}
-	if opts.Confinement == confine.Required && confine.ABI() < 1 {
-		return nil, confine.ErrUnavailable
+	if opts.Confinement == confine.Required {
+		if err := confine.Unavailable(); err != nil {
+			return nil, err
+		}
 	}
 	e := &Executor{opts: opts, owner: fmt.Sprintf("%d-%s", os.Getpid(), start)}
 	e.noNamespaces.Store(opts.NoNamespaces)

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/rlmrun/rlmrun/backends/confine"
@@ -17,7 +18,7 @@ import (
 // other's RLM_SECRET. Confined, it finds neither; with confinement off it
 // finds them (so the probe works).
 func TestLocalSecretsStayPut(t *testing.T) {
-	testbin.Need(t, confine.ABI() >= 6, "Landlock ABI >= 6")
+	testbin.Need(t, confine.KernelABI() >= 6, "Landlock ABI >= 6")
 	probe := `sleep 3; n=$(cat /proc/[0-9]*/environ 2>/dev/null | tr '\0' '\n' | grep -e sk-runner-key-0123456789 -e '^RLM_SECRET=' | grep -v -x "RLM_SECRET=$RLM_SECRET" | sort -u | wc -l); export RLM_CONTENT="found $n" RLM_READY=1`
 	for _, c := range []struct{ confinement, want string }{
 		{confine.BestEffort, "found 0"},
@@ -65,5 +66,42 @@ rollouts:
 				}
 			}
 		})
+	}
+}
+
+// TestCgoBuildRunsUnconfined: rlmrun built with cgo (a plain `go install`
+// where gcc is found) cannot confine its agent; it runs rollouts
+// unconfined and says so (best-effort), and refuses `required` with the fix.
+func TestCgoBuildRunsUnconfined(t *testing.T) {
+	_, err := exec.LookPath("gcc")
+	testbin.Need(t, err == nil, "gcc (for a cgo build)")
+	bin := filepath.Join(t.TempDir(), "rlmrun-cgo")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	build.Env = append(os.Environ(), "CGO_ENABLED=1")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("cgo build: %v\n%s", err, out)
+	}
+	env := filepath.Join(t.TempDir(), "env")
+	if out, err := exec.Command(bin, "init", env).CombinedOutput(); err != nil {
+		t.Fatalf("init: %v\n%s", err, out)
+	}
+	out := t.TempDir()
+	if b, err := exec.Command(bin, "run", "-q", "--out-dir", out, filepath.Join(env, "spec.yaml")).CombinedOutput(); err != nil {
+		t.Fatalf("run with a cgo build: %v\n%s", err, b)
+	}
+	results, _ := filepath.Glob(filepath.Join(out, "*", "results.jsonl"))
+	if len(results) != 1 {
+		t.Fatalf("results: %v", results)
+	}
+	for _, r := range readResults(t, results[0]) {
+		backend, _ := r["volatile"].(map[string]any)["backend"].(map[string]any)
+		if r["passed"] != true || backend["confinement"] != "none" {
+			t.Errorf("passed %v, confinement %v: want a passing, unconfined rollout", r["passed"], backend["confinement"])
+		}
+	}
+	spec := writeSpec(t, "version: 1\nname: strict\nbackend: {type: local, local: {confinement: required}}\nrollouts: [{id: r, turns: [{code: 'true'}]}]\n")
+	b, err := exec.Command(bin, "run", "-q", "--out-dir", t.TempDir(), spec).CombinedOutput()
+	if err == nil || !strings.Contains(string(b), "built with cgo") || !strings.Contains(string(b), "CGO_ENABLED=0") {
+		t.Errorf("confinement: required with a cgo build: %v\n%s", err, b)
 	}
 }

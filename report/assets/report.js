@@ -320,6 +320,7 @@
     $('shown').textContent = view.length === ROWS.length
       ? ROWS.length + ' rollout(s)'
       : view.length + ' of ' + ROWS.length + ' rollout(s) match';
+    document.body.dataset.filtered = String(gen); // tests wait for it
   }
 
   function sortView() {
