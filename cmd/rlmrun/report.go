@@ -44,13 +44,19 @@ EXAMPLES:
 			if err != nil {
 				return withCode(exitUsage, fmt.Errorf("report: %w", err))
 			}
+			dir, results := src, filepath.Join(src, "results.jsonl")
+			if !st.IsDir() {
+				dir, results = filepath.Dir(src), src
+			}
 			out := c.String("output")
 			if out == "" {
-				dir := src
-				if !st.IsDir() {
-					dir = filepath.Dir(src)
-				}
 				out = filepath.Join(dir, "report.html")
+			}
+			// Never over what the report is made of.
+			for _, in := range []string{results, filepath.Join(dir, report.RunFile)} {
+				if sameFile(out, in) {
+					return withCode(exitUsage, fmt.Errorf("-o %s would overwrite %s, which the report reads", safetext.Line(out), safetext.Line(in)))
+				}
 			}
 			if err := writeReport(src, out); err != nil {
 				return withCode(exitFailed, err)

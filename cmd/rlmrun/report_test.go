@@ -93,3 +93,21 @@ func TestReportShowsTheGoldenComparison(t *testing.T) {
 		t.Errorf("the report's golden section is missing or unescaped")
 	}
 }
+
+func TestReportNeverOverwritesItsInput(t *testing.T) {
+	out := t.TempDir()
+	if code, stdout, stderr := runCLI(t, "run", "--agent-binary", rlmrunBin, "--out-dir", out, "-q", "../../examples/hello-bash.yaml"); code != 0 {
+		t.Fatalf("run: exit %d\n%s%s", code, stdout, stderr)
+	}
+	results, _ := filepath.Glob(filepath.Join(out, "*", "results.jsonl"))
+	before, _ := os.ReadFile(results[0])
+	for _, target := range []string{results[0], filepath.Join(filepath.Dir(results[0]), "run.json")} {
+		code, _, stderr := runCLI(t, "report", "-o", target, filepath.Dir(results[0]))
+		if code != 2 || !strings.Contains(stderr, "which the report reads") {
+			t.Errorf("report -o %s: exit %d %s", target, code, stderr)
+		}
+	}
+	if after, _ := os.ReadFile(results[0]); string(after) != string(before) {
+		t.Error("the results changed")
+	}
+}
