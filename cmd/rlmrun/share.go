@@ -28,6 +28,11 @@ func loadSpecFile(c *cli.Context, src *sources, file string) (*schema.Spec, erro
 	if strings.HasPrefix(file, schema.OCIScheme) {
 		return nil, withCode(exitUsage, fmt.Errorf("%s is already in a registry; pull it to change it (rlmrun pull -o DIR %s)", safetext.Line(file), safetext.Line(file)))
 	}
+	if st, err := os.Stat(file); err == nil && st.IsDir() {
+		if file, err = specOfDir(file); err != nil {
+			return nil, withCode(exitUsage, err)
+		}
+	}
 	spec, err := src.loader.Load(file)
 	if err != nil {
 		fmt.Fprintln(c.App.ErrWriter, safetext.Lines(err.Error()))

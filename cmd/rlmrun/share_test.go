@@ -117,6 +117,7 @@ func TestPackRefuses(t *testing.T) {
 		{"the archive inside the context", []string{"pack", "-o", filepath.Join(abs, "x.tar.gz"), secrets}, "would overwrite"},
 		{"a spec whose files lie outside its folder", []string{"pack", "-o", filepath.Join(t.TempDir(), "x.tar.gz"), "../../examples/real-model/rlm-secrets.yaml"}, "is outside the spec's folder"},
 		{"a registry reference", []string{"pack", "oci://127.0.0.1:1/x:1"}, "already in a registry"},
+		{"a folder of several specs", []string{"pack", "../../examples/rlm-secrets"}, "name one of its specs (bash-sandbox.yaml, bash.yaml, python-sandbox.yaml, python.yaml)"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -214,7 +215,7 @@ func TestInit(t *testing.T) {
 			if !strings.HasPrefix(string(text), "# yaml-language-server: $schema=") || !strings.Contains(string(text), "name: my-env") {
 				t.Errorf("spec.yaml:\n%s", text)
 			}
-			_, results := runDigest(t, nil, spec)
+			_, results := runDigest(t, nil, dir) // the folder stands for its spec.yaml
 			if len(results) != 1 || results[0]["passed"] != true {
 				t.Errorf("the new environment did not pass: %v", results)
 			}

@@ -5,12 +5,14 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/rlmrun/rlmrun/envpack"
 	"github.com/rlmrun/rlmrun/envregistry"
+	"github.com/rlmrun/rlmrun/internal/safetext"
 	"github.com/rlmrun/rlmrun/runner"
 	"github.com/rlmrun/rlmrun/schema"
 )
@@ -145,9 +147,36 @@ type errFetch struct{ err error }
 func (e *errFetch) Error() string { return e.err.Error() }
 func (e *errFetch) Unwrap() error { return e.err }
 
+// specOfDir is the spec a folder stands for: its spec.yaml (what rlmrun
+// init writes). Any other folder is an error listing the specs in it.
+func specOfDir(dir string) (string, error) {
+	p := filepath.Join(dir, "spec.yaml")
+	if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() {
+		return p, nil
+	}
+	var names []string
+	for _, pat := range []string{"*.yaml", "*.yml"} {
+		m, _ := filepath.Glob(filepath.Join(dir, pat))
+		for _, f := range m {
+			names = append(names, filepath.Base(f))
+		}
+	}
+	if len(names) == 0 {
+		return "", fmt.Errorf("%s is a folder without a spec (spec.yaml)", safetext.Line(dir))
+	}
+	return "", fmt.Errorf("%s is a folder without spec.yaml: name one of its specs (%s)", safetext.Line(dir), safetext.Line(strings.Join(names, ", ")))
+}
+
 // load loads arg. An invalid spec is a *schema problems error; a failure to
 // fetch is an *errFetch.
 func (s *sources) load(arg string) (*loaded, error) {
+	if st, err := os.Stat(arg); err == nil && st.IsDir() {
+		spec, err := specOfDir(arg)
+		if err != nil {
+			return nil, err
+		}
+		arg = spec
+	}
 	switch {
 	case strings.HasPrefix(arg, schema.OCIScheme):
 		p, err := s.pull(arg)
