@@ -70,10 +70,17 @@ func Files(spec *schema.Spec, skip ...string) ([]File, error) {
 			c.err = multierror.Append(c.err, fmt.Errorf("package: bad glob %q: a pattern relative to the spec's folder, like tools/*.py or data/**", g))
 		}
 	}
+	for _, b := range spec.Bases {
+		if b.Ref != "" {
+			// A registry base stays a reference: what it brings (its
+			// context, its tools) comes with it, from its own artifact.
+			c.remote = append(c.remote, b.Dir)
+		}
+	}
 	c.add("the spec", specFile, true)
 	for i, b := range spec.Bases {
 		if b.Ref != "" {
-			continue // a registry base stays a reference
+			continue
 		}
 		c.add(fmt.Sprintf("extends (base %d)", i+1), absPath(b.File, ""), true)
 	}
@@ -150,7 +157,8 @@ type collector struct {
 	root     string
 	files    map[string]File
 	skip     map[string]bool
-	results  string // the retention folder: results, never inputs
+	remote   []string // folders of registry bases: not packed
+	results  string   // the retention folder: results, never inputs
 	excludes []string
 	err      *multierror.Error
 }
@@ -173,6 +181,11 @@ func (c *collector) rel(field, p string) string {
 // add packs p, a file or a whole folder, that the spec needs (so a missing
 // one is a problem).
 func (c *collector) add(field, p string, needed bool) {
+	for _, d := range c.remote {
+		if p == d || strings.HasPrefix(p, d+string(filepath.Separator)) {
+			return
+		}
+	}
 	name := c.rel(field, p)
 	if name == "" {
 		return

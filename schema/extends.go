@@ -318,9 +318,13 @@ func canonicalFile(file string) string {
 // rebase makes what a base wrote mean what it meant in the base: its
 // relative paths start from the base's folder (or base_dir) and its host
 // commands run there.
-func rebase(s *Spec, ix *positionIx, dirs map[string]string) {
+func rebase(s *Spec, ix *positionIx, dirs map[string]string, bases []Base) {
 	if len(dirs) == 0 {
 		return
+	}
+	remote := map[string]bool{}
+	for _, b := range bases {
+		remote[b.File] = b.Ref != ""
 	}
 	dirOf := func(ptr string) string {
 		if info := ix.byPointer[ptr]; info != nil && info.File != "" {
@@ -359,6 +363,27 @@ func rebase(s *Spec, ix *positionIx, dirs map[string]string) {
 			s.Rewards[i].Run.Dir = dirOf(fmt.Sprintf("/rewards/%d/run", i))
 		}
 	}
+	// package globs are relative to the packed spec's folder: a local base's
+	// are made so; a registry base's do not apply (it is not packed).
+	globs := func(list *[]string, ptr string) {
+		info := ix.byPointer[ptr]
+		if info == nil || info.File == "" {
+			return
+		}
+		if remote[info.File] {
+			*list = nil
+			return
+		}
+		rel, err := filepath.Rel(filepath.Dir(absFile(s.File)), dirs[info.File])
+		if err != nil || rel == "." {
+			return
+		}
+		for i, g := range *list {
+			(*list)[i] = filepath.ToSlash(rel) + "/" + g
+		}
+	}
+	globs(&s.Package.Include, "/package/include")
+	globs(&s.Package.Exclude, "/package/exclude")
 }
 
 // MergedYAML is the spec as loaded: for a spec that extends others, every

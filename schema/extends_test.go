@@ -164,3 +164,15 @@ func TestMergedYAML(t *testing.T) {
 		t.Errorf("the merged spec does not load the same: %v", err)
 	}
 }
+
+// TestExtendsPackageGlobs: a base's package globs keep meaning its own
+// files, relative to the spec being packed.
+func TestExtendsPackageGlobs(t *testing.T) {
+	spec, err := Load("testdata/extends/nested/spec.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(spec.Package.Include, ",") + "|" + strings.Join(spec.Package.Exclude, ","); got != "sub/tools/*.txt|sub/tools/skip*" {
+		t.Errorf("package globs %s", got)
+	}
+}

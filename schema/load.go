@@ -172,7 +172,7 @@ func (l *Loader) LoadBytes(file, dir string, data []byte) (*Spec, error) {
 	}
 	finishDecode(spec, root, b.ix)
 	spec.Bases, spec.merged, spec.origin = x.bases, top, x.origin
-	rebase(spec, b.ix, x.dirs)
+	rebase(spec, b.ix, x.dirs, x.bases)
 
 	sc := &semanticChecker{spec: spec, ix: b.ix, skip: v.bad}
 	probs = append(probs, sc.check()...)

@@ -319,6 +319,11 @@ func TestPushAndRunByReference(t *testing.T) {
 	if d, _ := runDigest(t, []string{"--trust"}, child); d == "" {
 		t.Error("no digest")
 	}
+	// Packed, the child holds itself only: its base stays a reference.
+	archive := filepath.Join(t.TempDir(), "child.tar.gz")
+	if code, stdout, stderr := runCLI(t, "pack", "-o", archive, child); code != 0 || !strings.Contains(stdout, "1 files") {
+		t.Errorf("pack a child of a registry base: exit %d\n%s%s", code, stdout, stderr)
+	}
 	_ = cache
 }
 
