@@ -140,7 +140,7 @@ rollouts:
   - id: restart
     turns:
 %s      - code: "sleep 60"
-      - code: "for f in /proc/[0-9]*/cmdline; do tr '\\0' ' ' < $f; echo; done 2>/dev/null | grep -c '^%s-' || true"
+      - code: "grep -las '^%s-' /proc/[0-9]*/cmdline | wc -l"
   - id: end
     turns:
 %s`, cells.String(), tag, cells.String()), nil)
