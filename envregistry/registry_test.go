@@ -167,6 +167,28 @@ func TestBasicAuth(t *testing.T) {
 	}
 }
 
+// TestCredentialHelper: credentials from a Docker credential helper
+// (credHelpers in the config), as docker login with a helper leaves them.
+func TestCredentialHelper(t *testing.T) {
+	reg := registrytest.Start(t, registrytest.Options{Users: map[string]string{"carol": "from-helper"}})
+	bin := t.TempDir()
+	helper := "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread server\nprintf '{\"ServerURL\":\"%s\",\"Username\":\"carol\",\"Secret\":\"from-helper\"}' \"$server\"\n"
+	if err := os.WriteFile(filepath.Join(bin, "docker-credential-rlmruntest"), []byte(helper), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", bin+string(os.PathListSeparator)+os.Getenv("PATH"))
+	cfg := filepath.Join(t.TempDir(), "config.json")
+	if err := os.WriteFile(cfg, []byte(`{"credHelpers": {"`+reg.Host+`": "rlmruntest"}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := client(t, Options{Insecure: []string{reg.Host}, DockerConfig: cfg})
+	_, p := push(t, c, reg.Host+"/team/helped:1", "helped")
+	got, err := c.Pull(context.Background(), ref(t, reg.Host+"/team/helped:1"), &envpack.Cache{Dir: t.TempDir()})
+	if err != nil || got.Env.Digest != p.Digest {
+		t.Errorf("pull with a credential helper: %+v %v", got, err)
+	}
+}
+
 func TestTLSWithAPrivateCA(t *testing.T) {
 	reg := registrytest.Start(t, registrytest.Options{TLS: true})
 	ctx := context.Background()
