@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,9 +21,16 @@ import (
 func TestLocalSecretsStayPut(t *testing.T) {
 	testbin.Need(t, confine.KernelABI() >= 6, "Landlock ABI >= 6")
 	probe := `sleep 3; n=$(cat /proc/[0-9]*/environ 2>/dev/null | tr '\0' '\n' | grep -e sk-runner-key-0123456789 -e '^RLM_SECRET=' | grep -v -x "RLM_SECRET=$RLM_SECRET" | sort -u | wc -l); export RLM_CONTENT="found $n" RLM_READY=1`
-	for _, c := range []struct{ confinement, want string }{
-		{confine.BestEffort, "found 0"},
-		{confine.Off, "found 2"},
+	// Unconfined, the probe finds at least the runner's key and the other
+	// rollout's secret (more when other tests' rollouts run meanwhile, as
+	// under scripts/test's parallel race run); confined, nothing.
+	for _, c := range []struct {
+		confinement string
+		ok          func(n int) bool
+		want        string
+	}{
+		{confine.BestEffort, func(n int) bool { return n == 0 }, "found 0"},
+		{confine.Off, func(n int) bool { return n >= 2 }, "found 2 or more"},
 	} {
 		t.Run(c.confinement, func(t *testing.T) {
 			spec := writeSpec(t, `version: 1
@@ -61,8 +69,11 @@ rollouts:
 				if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
 					t.Fatal(err)
 				}
-				if r.ID == "mine" && r.Answer != c.want {
-					t.Errorf("confinement %s: %q, want %q", c.confinement, r.Answer, c.want)
+				var n int
+				if r.ID == "mine" {
+					if _, err := fmt.Sscanf(r.Answer, "found %d", &n); err != nil || !c.ok(n) {
+						t.Errorf("confinement %s: %q, want %s", c.confinement, r.Answer, c.want)
+					}
 				}
 			}
 		})
