@@ -98,27 +98,12 @@ func Files(spec *schema.Spec, skip ...string) ([]File, error) {
 	for _, r := range spec.Rollouts {
 		copies(r.Mutations)
 	}
-	program := func(field string, cmd schema.Command) {
+	for _, hc := range spec.HostCommands() {
+		cmd := hc.Command
 		if len(cmd.Argv) == 0 || !strings.Contains(cmd.Argv[0], "/") || filepath.IsAbs(cmd.Argv[0]) {
-			return // a program on PATH or an absolute one is the host's, not the environment's
+			continue // a program on PATH or an absolute one is the host's, not the environment's
 		}
-		c.add(field, absPath(cmd.Argv[0], spec.CommandDir(cmd)), true)
-	}
-	for _, l := range []struct {
-		key   string
-		tools []schema.Tool
-	}{{"tools", spec.Tools}, {"root_tools", spec.RootTools}, {"sub_tools", spec.SubTools}} {
-		for i, t := range l.tools {
-			program(fmt.Sprintf("%s[%d].run", l.key, i), t.Run)
-		}
-	}
-	for i, m := range spec.MCPServers {
-		program(fmt.Sprintf("mcp_servers[%d].command", i), m.Command)
-	}
-	for i, r := range spec.Rewards {
-		if r.Run != nil {
-			program(fmt.Sprintf("rewards[%d].run", i), *r.Run)
-		}
+		c.add(hc.Where+"."+hc.Field, absPath(cmd.Argv[0], spec.CommandDir(cmd)), true)
 	}
 	if len(spec.Package.Include) > 0 {
 		c.includeGlobs(spec.Package.Include)

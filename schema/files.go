@@ -1,6 +1,7 @@
 package schema
 
 import (
+	"fmt"
 	"path/filepath"
 	"strings"
 )
@@ -44,8 +45,8 @@ func (s *Spec) Inputs() []string {
 	for _, r := range s.Rollouts {
 		copies(r.Mutations)
 	}
-	program := func(c Command) {
-		if len(c.Argv) > 0 && strings.Contains(c.Argv[0], "/") {
+	for _, hc := range s.HostCommands() {
+		if c := hc.Command; len(c.Argv) > 0 && strings.Contains(c.Argv[0], "/") {
 			p := c.Argv[0]
 			if !filepath.IsAbs(p) {
 				p = filepath.Join(s.CommandDir(c), p)
@@ -53,17 +54,39 @@ func (s *Spec) Inputs() []string {
 			add(p)
 		}
 	}
-	for _, list := range [][]Tool{s.Tools, s.RootTools, s.SubTools} {
-		for _, t := range list {
-			program(t.Run)
+	return out
+}
+
+// HostCommand is a command the spec runs on the host: a tool's, an MCP
+// server's (started as a process) or a `run` reward's.
+type HostCommand struct {
+	// Where names it in the spec: root_tools[0], mcp_servers[1], rewards[2].
+	Where string
+	// Field is its key there: run or command.
+	Field   string
+	Name    string
+	Command Command
+}
+
+// HostCommands lists the spec's host commands in spec order.
+func (s *Spec) HostCommands() []HostCommand {
+	var out []HostCommand
+	for _, l := range []struct {
+		key   string
+		tools []Tool
+	}{{"tools", s.Tools}, {"root_tools", s.RootTools}, {"sub_tools", s.SubTools}} {
+		for i, t := range l.tools {
+			out = append(out, HostCommand{fmt.Sprintf("%s[%d]", l.key, i), "run", t.Name, t.Run})
 		}
 	}
-	for _, m := range s.MCPServers {
-		program(m.Command)
+	for i, m := range s.MCPServers {
+		if !m.Command.IsZero() {
+			out = append(out, HostCommand{fmt.Sprintf("mcp_servers[%d]", i), "command", m.Name, m.Command})
+		}
 	}
-	for _, r := range s.Rewards {
+	for i, r := range s.Rewards {
 		if r.Run != nil {
-			program(*r.Run)
+			out = append(out, HostCommand{fmt.Sprintf("rewards[%d]", i), "run", r.Name, *r.Run})
 		}
 	}
 	return out

@@ -14,48 +14,17 @@ import (
 	"github.com/rlmrun/rlmrun/schema"
 )
 
-// hostCommand is a command a spec runs on this machine.
-type hostCommand struct {
-	where string // spec field
-	cmd   schema.Command
-}
-
-// hostCommands lists the host commands of a spec: tools, MCP servers
-// started as processes, and `run` rewards.
-func hostCommands(s *schema.Spec) []hostCommand {
-	var out []hostCommand
-	for _, l := range []struct {
-		key   string
-		tools []schema.Tool
-	}{{"tools", s.Tools}, {"root_tools", s.RootTools}, {"sub_tools", s.SubTools}} {
-		for i, t := range l.tools {
-			out = append(out, hostCommand{fmt.Sprintf("%s[%d] %s", l.key, i, t.Name), t.Run})
-		}
-	}
-	for i, m := range s.MCPServers {
-		if !m.Command.IsZero() {
-			out = append(out, hostCommand{fmt.Sprintf("mcp_servers[%d] %s", i, m.Name), m.Command})
-		}
-	}
-	for i, r := range s.Rewards {
-		if r.Run != nil {
-			out = append(out, hostCommand{fmt.Sprintf("rewards[%d] %s", i, r.Name), *r.Run})
-		}
-	}
-	return out
-}
-
 // untrusted is a registry environment whose host commands need trust.
 type untrusted struct {
 	ref, digest string
-	commands    []hostCommand
+	commands    []schema.HostCommand
 }
 
 // needTrust lists the registry environments (the one given, and registry
 // bases) that would run commands on this host, less those trusted.
 func needTrust(l *loaded, trusted map[string]bool) []untrusted {
 	var out []untrusted
-	cmds := hostCommands(l.spec)
+	cmds := l.spec.HostCommands()
 	if l.remote {
 		if len(cmds) > 0 && !trusted[l.env.Digest] {
 			out = append(out, untrusted{l.given, l.env.Digest, cmds})
@@ -66,9 +35,9 @@ func needTrust(l *loaded, trusted map[string]bool) []untrusted {
 		if b.Ref == "" || trusted[b.Digest] {
 			continue
 		}
-		var mine []hostCommand
+		var mine []schema.HostCommand
 		for _, hc := range cmds {
-			if d := l.spec.CommandDir(hc.cmd); d == b.Dir || strings.HasPrefix(d, b.Dir+string(filepath.Separator)) {
+			if d := l.spec.CommandDir(hc.Command); d == b.Dir || strings.HasPrefix(d, b.Dir+string(filepath.Separator)) {
 				mine = append(mine, hc)
 			}
 		}
@@ -143,7 +112,7 @@ func checkTrust(l *loaded, trust bool) error {
 	for _, u := range need {
 		fmt.Fprintf(&b, "%s (%s) would run these commands on this machine, as you:\n", safetext.Line(u.ref), u.digest)
 		for _, hc := range u.commands {
-			fmt.Fprintf(&b, "  %s: %s\n", safetext.Line(hc.where), safetext.Line(hc.cmd.String()))
+			fmt.Fprintf(&b, "  %s %s: %s\n", hc.Where, safetext.Line(hc.Name), safetext.Line(hc.Command.String()))
 		}
 	}
 	fmt.Fprintf(&b, "If you trust its author, run it with --trust, or add its digest to %s.", file)
